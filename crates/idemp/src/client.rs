@@ -1,0 +1,1 @@
+//! reqwest client middleware (being written)

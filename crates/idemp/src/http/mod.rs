@@ -1,0 +1,1 @@
+//! tower server middleware (being written)

@@ -1,0 +1,630 @@
+//! Stores: where claims, leases and outcomes live.
+//!
+//! A [`Store`] is the shared memory of every worker that may run the same operation.
+//! It keeps one [`Record`] per [`RecordKey`] and moves it through these states:
+//!
+//! ```text
+//!            claim (new key, or takeover of an expired lease)
+//!   (none) ───────────────────────────────────────────────▶ InProgress{token, lease_until}
+//!                                                               │ renew(token) extends the lease
+//!          ◀──────────── release(token) ────────────────────────┤
+//!                                                               ├── complete(token) ─▶ Completed{outcome}
+//!                                                               └── fail(token) ─────▶ Failed{outcome}
+//! ```
+//!
+//! An `InProgress` record whose lease has passed is **ambiguous**: its owner may have
+//! crashed before or after the side effect. [`Claim::take_over_expired`] decides whether
+//! `claim` takes it over (with a new, larger fencing token) or reports it.
+//!
+//! ## The contract every store keeps
+//!
+//! * `claim` is one atomic step: it creates the record, takes over an expired lease,
+//!   or returns the existing record, or [`ClaimOutcome::Mismatch`] when the stored
+//!   payload fingerprint differs from the claimant's.
+//! * Fencing tokens are strictly increasing per key, across takeovers, releases and
+//!   purges (a store may derive them from a clock-independent counter).
+//! * `complete`, `fail`, `release` and `renew` are compare-and-set on the token: an
+//!   owner whose token is not the record's current one gets [`StoreError::Fenced`] and
+//!   changes nothing.
+//! * Settled records (`Completed` / `Failed`) expire `ttl` after settling; expired records
+//!   are invisible to `get`/`claim`/`list` even before `sweep` removes them.
+//! * `wait` returns once the record is settled or gone, or when the timeout passes.
+//!
+//! The `testkit` module (feature `testkit`) checks all of this against any store.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Millis;
+
+pub mod memory;
+pub mod url;
+
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+
+#[cfg(feature = "redis")]
+pub mod redis;
+
+#[cfg(feature = "postgres")]
+pub mod postgres;
+
+pub use memory::MemoryStore;
+pub use url::{StoreUrl, StoreUrlError};
+
+/// A fencing token. Strictly increasing per key; `0` is never issued.
+pub type Token = u64;
+
+/// The identity of a record: an operation scope and a key within it.
+///
+/// The scope keeps two operations from ever sharing a key by accident (a `charge`
+/// and a `refund` with the same arguments are different records).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RecordKey {
+    /// The operation's scope (function name, route, tenant…). May be empty.
+    pub scope: String,
+    /// The idempotency key within the scope.
+    pub key: String,
+}
+
+impl RecordKey {
+    /// A record key from a scope and a key.
+    pub fn new(scope: impl Into<String>, key: impl Into<String>) -> Self {
+        Self {
+            scope: scope.into(),
+            key: key.into(),
+        }
+    }
+}
+
+impl fmt::Display for RecordKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.scope.is_empty() {
+            f.write_str(&self.key)
+        } else {
+            write!(f, "{}/{}", self.scope, self.key)
+        }
+    }
+}
+
+/// SHA-256 of the request payload, stored with the claim so that a different payload
+/// under the same key is detected ([`ClaimOutcome::Mismatch`]) instead of replayed.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Fingerprint(pub [u8; 32]);
+
+impl Fingerprint {
+    /// The SHA-256 of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        use sha2::Digest;
+        Self(sha2::Sha256::digest(bytes).into())
+    }
+    /// Lowercase hex, 64 characters.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+    /// Parses 64 hex characters.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).ok()?;
+        Some(Self(out))
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint({})", self.to_hex())
+    }
+}
+
+/// How the bytes of an [`Outcome`] were encoded by the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[repr(u8)]
+pub enum Codec {
+    /// Opaque bytes (an HTTP response, a caller's own format).
+    Raw = 0,
+    /// JSON (serde_json).
+    Json = 1,
+    /// postcard (compact binary serde).
+    Postcard = 2,
+}
+
+impl Codec {
+    /// The byte stored for this codec.
+    pub fn as_u8(self) -> u8 {
+        self as u8
+    }
+    /// The codec stored as `b`, if known.
+    pub fn from_u8(b: u8) -> Option<Self> {
+        match b {
+            0 => Some(Self::Raw),
+            1 => Some(Self::Json),
+            2 => Some(Self::Postcard),
+            _ => None,
+        }
+    }
+}
+
+/// Compression applied to the bytes of an [`Outcome`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[repr(u8)]
+pub enum Compression {
+    /// Stored as is.
+    None = 0,
+    /// LZ4 block with the uncompressed size prepended (`lz4_flex::compress_prepend_size`).
+    Lz4 = 1,
+    /// zstd frame.
+    Zstd = 2,
+}
+
+impl Compression {
+    /// The byte stored for this compression.
+    pub fn as_u8(self) -> u8 {
+        self as u8
+    }
+    /// The compression stored as `b`, if known.
+    pub fn from_u8(b: u8) -> Option<Self> {
+        match b {
+            0 => Some(Self::None),
+            1 => Some(Self::Lz4),
+            2 => Some(Self::Zstd),
+            _ => None,
+        }
+    }
+}
+
+/// A stored result: bytes plus how to read them. Always data, never code.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// How the caller encoded the value.
+    pub codec: Codec,
+    /// Compression applied after encoding.
+    pub compression: Compression,
+    /// The (possibly compressed) bytes.
+    pub bytes: Vec<u8>,
+}
+
+impl Outcome {
+    /// Uncompressed bytes with the given codec.
+    pub fn new(codec: Codec, bytes: Vec<u8>) -> Self {
+        Self {
+            codec,
+            compression: Compression::None,
+            bytes,
+        }
+    }
+}
+
+/// The state of a record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum State {
+    /// An owner holds the key until `lease_until` (unless it renews).
+    InProgress {
+        /// When the lease passes, in ms since the epoch.
+        lease_until: Millis,
+    },
+    /// The operation succeeded; `outcome` is replayed to later attempts.
+    Completed(Outcome),
+    /// The operation failed and failures are sticky; `outcome` is the stored error.
+    Failed(Outcome),
+}
+
+impl State {
+    /// A short lowercase name: `in_progress`, `completed`, `failed`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            State::InProgress { .. } => "in_progress",
+            State::Completed(_) => "completed",
+            State::Failed(_) => "failed",
+        }
+    }
+    /// Completed or failed.
+    pub fn is_settled(&self) -> bool {
+        !matches!(self, State::InProgress { .. })
+    }
+}
+
+/// One record, as a store returns it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Scope and key.
+    pub id: RecordKey,
+    /// The fingerprint given by the claim that created (or took over) the record.
+    pub fingerprint: Option<Fingerprint>,
+    /// Current state.
+    pub state: State,
+    /// The current fencing token.
+    pub token: Token,
+    /// How many claims acquired this key (1 + takeovers).
+    pub attempts: u32,
+    /// When the record was first created (ms since epoch).
+    pub created_at: Millis,
+    /// Last change (ms since epoch).
+    pub updated_at: Millis,
+    /// When a settled record expires; `None` while in progress (the lease governs).
+    pub expires_at: Option<Millis>,
+}
+
+impl Record {
+    /// In progress and its lease has passed at `now`: the side effect may or may not
+    /// have happened.
+    pub fn is_ambiguous(&self, now: Millis) -> bool {
+        matches!(self.state, State::InProgress { lease_until } if lease_until <= now)
+    }
+}
+
+/// The arguments of [`Store::claim`].
+#[derive(Clone, Debug)]
+pub struct Claim {
+    /// The record to claim.
+    pub id: RecordKey,
+    /// Payload fingerprint; compared with the stored one when both are present.
+    pub fingerprint: Option<Fingerprint>,
+    /// How long the claimant owns the key unless it renews.
+    pub lease: Duration,
+    /// Retention of the record once settled (passed again to `complete`/`fail`; also
+    /// an upper bound on how long an abandoned in-progress record is kept).
+    pub ttl: Duration,
+    /// Take over an in-progress record whose lease has passed (at-least-once).
+    /// When `false`, such a record is returned as [`ClaimOutcome::Existing`] and the
+    /// caller sees it as ambiguous.
+    pub take_over_expired: bool,
+}
+
+impl Claim {
+    /// A claim with a 60 s lease, a 24 h ttl, no fingerprint, and takeover enabled.
+    pub fn new(id: RecordKey) -> Self {
+        Self {
+            id,
+            fingerprint: None,
+            lease: Duration::from_secs(60),
+            ttl: Duration::from_secs(24 * 3600),
+            take_over_expired: true,
+        }
+    }
+    /// Sets the fingerprint.
+    pub fn fingerprint(mut self, fp: Option<Fingerprint>) -> Self {
+        self.fingerprint = fp;
+        self
+    }
+    /// Sets the lease.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+    /// Sets the ttl.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+    /// Sets whether expired leases are taken over.
+    pub fn take_over_expired(mut self, yes: bool) -> Self {
+        self.take_over_expired = yes;
+        self
+    }
+}
+
+/// What [`Store::claim`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// The caller now owns the key and must settle it with `token`.
+    Acquired {
+        /// The fencing token of this ownership.
+        token: Token,
+        /// When the lease passes unless renewed.
+        lease_until: Millis,
+        /// `Some(previous_token)` when an expired lease was taken over: the previous
+        /// owner's effect may have happened (ambiguous).
+        takeover: Option<Token>,
+        /// 1 for a fresh claim, more after takeovers.
+        attempt: u32,
+    },
+    /// Someone else's record: completed, failed (sticky), or in progress (live, or
+    /// expired when `take_over_expired` was false).
+    Existing(Record),
+    /// The key exists with a different payload fingerprint.
+    Mismatch(Record),
+}
+
+/// A page request for [`Store::list`].
+#[derive(Clone, Debug, Default)]
+pub struct ListQuery {
+    /// Only records of this scope.
+    pub scope: Option<String>,
+    /// Only keys starting with this prefix.
+    pub key_prefix: Option<String>,
+    /// Resume after this record (the `next` of the previous page).
+    pub after: Option<RecordKey>,
+    /// Page size; 0 means the store's default (100).
+    pub limit: usize,
+}
+
+impl ListQuery {
+    /// The effective page size.
+    pub fn effective_limit(&self) -> usize {
+        if self.limit == 0 { 100 } else { self.limit }
+    }
+}
+
+/// A page of records, ordered by (scope, key).
+#[derive(Clone, Debug, Default)]
+pub struct Page {
+    /// The records.
+    pub records: Vec<Record>,
+    /// Pass as `after` to get the next page; `None` at the end.
+    pub next: Option<RecordKey>,
+}
+
+/// Counts for `idemp records stats`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Live in-progress records.
+    pub in_progress: u64,
+    /// In-progress records whose lease has passed.
+    pub ambiguous: u64,
+    /// Completed records.
+    pub completed: u64,
+    /// Failed (sticky) records.
+    pub failed: u64,
+    /// Bytes of stored outcomes, when the store can tell cheaply.
+    pub outcome_bytes: Option<u64>,
+}
+
+/// Errors of a store. Callers can match on them.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The caller's token is not the record's current one (its lease was lost and the
+    /// key taken over, released or purged). Nothing was changed.
+    #[error("fenced: token {token} no longer owns {id} (current: {current:?})")]
+    Fenced {
+        /// The record.
+        id: RecordKey,
+        /// The caller's token.
+        token: Token,
+        /// The record's current token, if the record still exists.
+        current: Option<Token>,
+    },
+    /// The store cannot be reached (connection refused, reset, timed out). Safe to
+    /// retry later; the outcome of the attempted write is unknown only for `Backend`.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored record could not be read (corrupt, written by a newer version…).
+    #[error("corrupt record {id}: {reason}")]
+    Corrupt {
+        /// The record.
+        id: RecordKey,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The store is not an idemp store, or has a schema this version cannot use.
+    #[error("incompatible store: {0}")]
+    Incompatible(String),
+    /// An argument the store cannot accept (key too long, empty key…).
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    /// Any other backend error.
+    #[error("store error: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StoreError {
+    /// Wraps a backend error.
+    pub fn backend(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Backend(Box::new(e))
+    }
+    /// Whether retrying the same operation later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// Shorthand for store results.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The store contract (see the [module docs](self)).
+///
+/// Implement it to bring your own backend, then run the `testkit` conformance suite
+/// against it.
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug + 'static {
+    /// Atomically claims `claim.id`.
+    async fn claim(&self, claim: &Claim) -> StoreResult<ClaimOutcome>;
+
+    /// Settles the record as completed, if `token` still owns it. The record then
+    /// expires `ttl` from now.
+    async fn complete(
+        &self,
+        id: &RecordKey,
+        token: Token,
+        outcome: Outcome,
+        ttl: Duration,
+    ) -> StoreResult<()>;
+
+    /// Settles the record as failed (sticky failure), if `token` still owns it.
+    async fn fail(
+        &self,
+        id: &RecordKey,
+        token: Token,
+        outcome: Outcome,
+        ttl: Duration,
+    ) -> StoreResult<()>;
+
+    /// Deletes the in-progress record so the key may run again, if `token` owns it.
+    async fn release(&self, id: &RecordKey, token: Token) -> StoreResult<()>;
+
+    /// Extends the lease of an in-progress record to `now + lease`, if `token` owns
+    /// it. Returns the new `lease_until`. Renewing an expired lease that nobody took
+    /// over succeeds.
+    async fn renew(&self, id: &RecordKey, token: Token, lease: Duration) -> StoreResult<Millis>;
+
+    /// The live record, if any (expired settled records are not returned).
+    async fn get(&self, id: &RecordKey) -> StoreResult<Option<Record>>;
+
+    /// A page of live records ordered by (scope, key).
+    async fn list(&self, query: &ListQuery) -> StoreResult<Page>;
+
+    /// Deletes the record whatever its state. Returns whether it existed.
+    /// Its owner, if any, is fenced from then on.
+    async fn purge(&self, id: &RecordKey) -> StoreResult<bool>;
+
+    /// Removes expired settled records (and in-progress records abandoned for longer
+    /// than their ttl). Returns how many were removed. Stores with native expiry may
+    /// return 0.
+    async fn sweep(&self) -> StoreResult<u64>;
+
+    /// Counts records by state.
+    async fn stats(&self) -> StoreResult<Stats>;
+
+    /// Waits until the record is settled or gone, or `timeout` passes; returns the
+    /// record as last seen (`None` when gone).
+    ///
+    /// The default polls [`get`](Store::get) with backoff from 2 ms to 100 ms; stores
+    /// with notifications (memory, Redis pub/sub, Postgres LISTEN) override it.
+    async fn wait(&self, id: &RecordKey, timeout: Duration) -> StoreResult<Option<Record>> {
+        poll_until_settled(self, id, timeout).await
+    }
+}
+
+/// The polling fallback of [`Store::wait`], usable by stores that override `wait` but
+/// still need to poll sometimes.
+pub async fn poll_until_settled<S: Store + ?Sized>(
+    store: &S,
+    id: &RecordKey,
+    timeout: Duration,
+) -> StoreResult<Option<Record>> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut delay = Duration::from_millis(2);
+    loop {
+        let rec = store.get(id).await?;
+        match &rec {
+            Some(r) if !r.state.is_settled() => {}
+            _ => return Ok(rec),
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Ok(rec);
+        }
+        tokio::time::sleep(delay.min(deadline - now)).await;
+        delay = (delay * 2).min(Duration::from_millis(100));
+    }
+}
+
+#[async_trait]
+impl<S: Store + ?Sized> Store for Arc<S> {
+    async fn claim(&self, claim: &Claim) -> StoreResult<ClaimOutcome> {
+        (**self).claim(claim).await
+    }
+    async fn complete(
+        &self,
+        id: &RecordKey,
+        token: Token,
+        outcome: Outcome,
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        (**self).complete(id, token, outcome, ttl).await
+    }
+    async fn fail(
+        &self,
+        id: &RecordKey,
+        token: Token,
+        outcome: Outcome,
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        (**self).fail(id, token, outcome, ttl).await
+    }
+    async fn release(&self, id: &RecordKey, token: Token) -> StoreResult<()> {
+        (**self).release(id, token).await
+    }
+    async fn renew(&self, id: &RecordKey, token: Token, lease: Duration) -> StoreResult<Millis> {
+        (**self).renew(id, token, lease).await
+    }
+    async fn get(&self, id: &RecordKey) -> StoreResult<Option<Record>> {
+        (**self).get(id).await
+    }
+    async fn list(&self, query: &ListQuery) -> StoreResult<Page> {
+        (**self).list(query).await
+    }
+    async fn purge(&self, id: &RecordKey) -> StoreResult<bool> {
+        (**self).purge(id).await
+    }
+    async fn sweep(&self) -> StoreResult<u64> {
+        (**self).sweep().await
+    }
+    async fn stats(&self) -> StoreResult<Stats> {
+        (**self).stats().await
+    }
+    async fn wait(&self, id: &RecordKey, timeout: Duration) -> StoreResult<Option<Record>> {
+        (**self).wait(id, timeout).await
+    }
+}
+
+/// A store chosen at run time (from a URL).
+pub type DynStore = Arc<dyn Store>;
+
+/// Errors of [`open`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The URL is malformed or names an unknown scheme.
+    #[error(transparent)]
+    Url(#[from] StoreUrlError),
+    /// The URL names a store whose feature is not compiled in.
+    #[error("store `{scheme}` is not available: build idemp with the `{feature}` feature")]
+    NotCompiled {
+        /// The URL scheme.
+        scheme: &'static str,
+        /// The cargo feature that provides it.
+        feature: &'static str,
+    },
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Opens a store from a URL: `memory:`, `sqlite://PATH`, `redis://HOST:PORT/DB`,
+/// `redis+cluster://HOST:PORT,HOST:PORT`, `postgres://USER@HOST:PORT/DB`.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = idemp::store::open("memory:").await?;
+/// assert!(store.stats().await?.completed == 0);
+/// # Ok(()) }
+/// ```
+pub async fn open(url: &str) -> Result<DynStore, OpenError> {
+    let parsed: StoreUrl = url.parse()?;
+    open_parsed(&parsed).await
+}
+
+/// Opens a parsed store URL.
+pub async fn open_parsed(url: &StoreUrl) -> Result<DynStore, OpenError> {
+    match url {
+        StoreUrl::Memory => Ok(Arc::new(MemoryStore::new())),
+        #[cfg(feature = "sqlite")]
+        StoreUrl::Sqlite { path } => Ok(Arc::new(sqlite::SqliteStore::open(path)?)),
+        #[cfg(not(feature = "sqlite"))]
+        StoreUrl::Sqlite { .. } => Err(OpenError::NotCompiled {
+            scheme: "sqlite",
+            feature: "sqlite",
+        }),
+        #[cfg(feature = "redis")]
+        StoreUrl::Redis { .. } | StoreUrl::RedisCluster { .. } => {
+            Ok(Arc::new(redis::RedisStore::connect_url(url).await?))
+        }
+        #[cfg(not(feature = "redis"))]
+        StoreUrl::Redis { .. } | StoreUrl::RedisCluster { .. } => Err(OpenError::NotCompiled {
+            scheme: "redis",
+            feature: "redis",
+        }),
+        #[cfg(feature = "postgres")]
+        StoreUrl::Postgres { .. } => Ok(Arc::new(postgres::PostgresStore::connect_url(url).await?)),
+        #[cfg(not(feature = "postgres"))]
+        StoreUrl::Postgres { .. } => Err(OpenError::NotCompiled {
+            scheme: "postgres",
+            feature: "postgres",
+        }),
+    }
+}

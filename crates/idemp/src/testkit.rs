@@ -1,0 +1,1 @@
+//! store conformance test kit (being written)

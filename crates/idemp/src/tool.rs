@@ -1,0 +1,1 @@
+//! TODO: tool (being written)
