@@ -1,0 +1,2 @@
+//! Benchmark `proxy` (being written).
+fn main() {}

@@ -1,0 +1,2 @@
+//! Benchmark `canon` (being written).
+fn main() {}

@@ -1,0 +1,2 @@
+//! Benchmark `guard` (being written).
+fn main() {}

@@ -1,0 +1,2 @@
+//! Benchmark `keys` (being written).
+fn main() {}

@@ -1,0 +1,2 @@
+//! Benchmark `postgres` (being written).
+fn main() {}

@@ -1,0 +1,2 @@
+//! Benchmark `redis` (being written).
+fn main() {}

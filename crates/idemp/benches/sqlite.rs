@@ -1,0 +1,2 @@
+//! Benchmark `sqlite` (being written).
+fn main() {}
