@@ -81,12 +81,14 @@ impl<V> fmt::Debug for ToolCache<V> {
     }
 }
 
+type Weigher<V> = Box<dyn Fn(&V) -> u32 + Send + Sync>;
+
 /// Builds a [`ToolCache`].
 pub struct ToolCacheBuilder<V> {
     max_entries: u64,
     ttl: Option<Duration>,
     tti: Option<Duration>,
-    weigher: Option<Box<dyn Fn(&V) -> u32 + Send + Sync>>,
+    weigher: Option<Weigher<V>>,
 }
 
 impl<V> fmt::Debug for ToolCacheBuilder<V> {
