@@ -86,7 +86,7 @@ fn render(value: &Value, layout: &mut Layout, out: &mut String) {
         Value::Number(n) => {
             if let Some(f) = n.as_f64().filter(|_| n.is_f64()) {
                 // Both spellings keep it a float (a '.' or an 'e').
-                if layout.next() % 2 == 0 {
+                if layout.next().is_multiple_of(2) {
                     out.push_str(&format!("{f:?}"));
                 } else {
                     out.push_str(&format!("{f:e}"));
@@ -138,10 +138,10 @@ fn render_str(s: &str, layout: &mut Layout, out: &mut String) {
     out.push('"');
     for c in s.chars() {
         let must = c < ' ' || c == '"' || c == '\\';
-        if must || layout.next() % 4 == 0 {
+        if must || layout.next().is_multiple_of(4) {
             let mut units = [0u16; 2];
             for unit in c.encode_utf16(&mut units) {
-                if layout.next() % 2 == 0 {
+                if layout.next().is_multiple_of(2) {
                     out.push_str(&format!("\\u{unit:04x}"));
                 } else {
                     out.push_str(&format!("\\u{unit:04X}"));
