@@ -9,6 +9,7 @@ use std::cmp::Ordering;
 use serde_json::Value;
 
 use super::number::write_es_number;
+use super::parse::{Node, Tape};
 use super::python::decode_generalized;
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -125,6 +126,52 @@ pub fn write_jcs_value(value: &Value, out: &mut Vec<u8>) {
                 write_str(key.as_bytes(), out);
                 out.push(b':');
                 write_jcs_value(item, out);
+            }
+            out.push(b'}');
+        }
+    }
+}
+
+/// Writes node `index` of a parsed tape (parsed with the JCS rules) in RFC 8785 form.
+pub(crate) fn write_tape(tape: &Tape<'_>, index: u32, out: &mut Vec<u8>) {
+    match tape.nodes[index as usize] {
+        Node::Null => out.extend_from_slice(b"null"),
+        Node::True => out.extend_from_slice(b"true"),
+        Node::False => out.extend_from_slice(b"false"),
+        // The JCS parser rejects these and keeps integers as doubles; write what a
+        // JavaScript `JSON.stringify` would, should a tape of the other format get here.
+        Node::NaN | Node::Infinity | Node::NegInfinity => out.extend_from_slice(b"null"),
+        Node::Int { start, len } => {
+            let text = &tape.input[start as usize..(start + len) as usize];
+            let v = std::str::from_utf8(text)
+                .ok()
+                .and_then(|t| t.parse::<f64>().ok())
+                .unwrap_or(0.0);
+            write_es_number(v, out);
+        }
+        Node::Float(v) => write_es_number(v, out),
+        Node::Str(s) => write_str(tape.str(s), out),
+        Node::Array { start, len } => {
+            out.push(b'[');
+            let items = &tape.items[start as usize..(start + len) as usize];
+            for (i, &item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_tape(tape, item, out);
+            }
+            out.push(b']');
+        }
+        Node::Object { start, len } => {
+            out.push(b'{');
+            let members = &tape.members[start as usize..(start + len) as usize];
+            for (i, member) in members.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_str(tape.str(member.key), out);
+                out.push(b':');
+                write_tape(tape, member.value, out);
             }
             out.push(b'}');
         }
