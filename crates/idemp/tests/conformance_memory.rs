@@ -232,7 +232,11 @@ fn suite_catches_a_wait_that_does_not_wait() {
         |f| async move { idemp::testkit::wait_returns_when_settled_or_gone(&f).await },
         Breakage::WaitDoesNotWait,
     );
-    assert_caught(&msg, "wait_returns_when_settled_or_gone", "wait after complete");
+    assert_caught(
+        &msg,
+        "wait_returns_when_settled_or_gone",
+        "wait after complete",
+    );
 }
 
 #[test]
