@@ -30,9 +30,10 @@
 //! or get one `#[test]` per case, with the case's name, from
 //! [`conformance_tests!`](crate::conformance_tests):
 //!
-//! ```ignore
+//! ```no_run
 //! mod conformance {
-//!     idemp::conformance_tests!(super::MyFactory);
+//!     // Any expression that evaluates to a `StoreFactory`.
+//!     idemp::conformance_tests!(idemp::testkit::MemoryFactory::default());
 //! }
 //! ```
 //!
@@ -41,7 +42,7 @@
 //!
 //! ## Time
 //!
-//! Stores that read the injected [`Clock`](crate::clock::Clock) return
+//! Stores that read the injected [`Clock`] return
 //! [`TimeControl::Manual`]: the suite moves the [`ManualClock`] and never sleeps through
 //! a lease. Stores that use the server's time (Redis, Postgres) return
 //! [`TimeControl::Real`]: the suite then uses short leases and ttls (a few
@@ -366,7 +367,7 @@ pub fn block_on<T>(fut: impl Future<Output = T>) -> T {
 /// running it against stores from the factory expression (evaluated in each test) on
 /// its own multi-threaded runtime. Needs the `testkit` feature.
 ///
-/// ```ignore
+/// ```no_run
 /// mod memory_conformance {
 ///     idemp::conformance_tests!(idemp::testkit::MemoryFactory::default());
 /// }
