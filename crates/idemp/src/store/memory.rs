@@ -586,7 +586,11 @@ impl Store for MemoryStore {
     }
 
     async fn wait(&self, id: &RecordKey, timeout: Duration) -> StoreResult<Option<Record>> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let now = tokio::time::Instant::now();
+        // A timeout too large to represent waits "forever" (a century).
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600));
         let mut notify = match self.probe(id) {
             Probe::Done(record) => return Ok(record),
             Probe::Pending(notify) => notify,
