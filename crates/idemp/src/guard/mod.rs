@@ -235,7 +235,7 @@ impl Guard {
     }
 
     /// The key derived from serializable arguments: `ik_` + 32 hex of the SHA-256 of
-    /// a domain tag and the canonical JSON of `args` (object key order never
+    /// a domain tag and the RFC 8785 canonical JSON of `args` (object key order never
     /// matters). Used by [`run_args`](Self::run_args).
     ///
     /// ```
@@ -247,17 +247,13 @@ impl Guard {
     /// ```
     pub fn key_for_args<A: Serialize + ?Sized>(args: &A) -> Result<String, CodecError> {
         use sha2::Digest;
-        let mut value = serde_json::to_value(args).map_err(|e| CodecError::Encode {
+        let value = serde_json::to_value(args).map_err(|e| CodecError::Encode {
             codec: Codec::Json,
             message: e.to_string(),
         })?;
-        // Canonical form: sorted object keys, compact. (To be switched to
-        // `canon::write_jcs_value` (RFC 8785) once it lands.)
-        value.sort_all_objects();
-        let canonical = serde_json::to_vec(&value).map_err(|e| CodecError::Encode {
-            codec: Codec::Json,
-            message: e.to_string(),
-        })?;
+        // RFC 8785 canonical JSON: object key order never matters.
+        let mut canonical = Vec::with_capacity(128);
+        crate::canon::write_jcs_value(&value, &mut canonical);
         let mut h = sha2::Sha256::new();
         h.update(b"idemp.guard.args.v1\0");
         h.update(&canonical);
