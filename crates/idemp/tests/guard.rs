@@ -77,12 +77,24 @@ async fn reject_refuses_completed_and_in_progress_duplicates() {
     let (b, _) = manual("s");
     let guard = b.on_duplicate(OnDuplicate::Reject).build();
     let fx = Effects::default();
-    let _: u32 = guard.run("done", || async { Res::Ok(fx.hit()) }).await.unwrap();
+    let _: u32 = guard
+        .run("done", || async { Res::Ok(fx.hit()) })
+        .await
+        .unwrap();
     let err = guard
         .run("done", || async { Res::Ok(fx.hit()) })
         .await
         .unwrap_err();
-    assert!(matches!(err, GuardError::Rejected { state: "completed", .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            GuardError::Rejected {
+                state: "completed",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 
     let Begin::Owner(lease) = guard.begin("live", None).await.unwrap() else {
         panic!("expected ownership")
@@ -91,7 +103,16 @@ async fn reject_refuses_completed_and_in_progress_duplicates() {
         .run("live", || async { Res::Ok(fx.hit()) })
         .await
         .unwrap_err();
-    assert!(matches!(err, GuardError::Rejected { state: "in_progress", .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            GuardError::Rejected {
+                state: "in_progress",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert_eq!(fx.count(), 1);
     lease.release().await.unwrap();
 }
@@ -104,10 +125,7 @@ async fn replay_policy_reports_a_live_execution_as_in_progress() {
         panic!("expected ownership")
     };
     clock.advance(Duration::from_secs(20));
-    let err = guard
-        .run("k", || async { Res::Ok(1u8) })
-        .await
-        .unwrap_err();
+    let err = guard.run("k", || async { Res::Ok(1u8) }).await.unwrap_err();
     match err {
         GuardError::InProgress { retry_after, id } => {
             assert_eq!(retry_after, Duration::from_secs(40));
@@ -122,7 +140,9 @@ async fn replay_policy_reports_a_live_execution_as_in_progress() {
 #[tokio::test(flavor = "current_thread")]
 async fn wait_coalesces_onto_the_running_execution() {
     let (b, _) = manual("s");
-    let guard = b.on_duplicate(OnDuplicate::Wait(Duration::from_secs(30))).build();
+    let guard = b
+        .on_duplicate(OnDuplicate::Wait(Duration::from_secs(30)))
+        .build();
     let fx = Effects::default();
     let (release_tx, release_rx) = oneshot::channel::<()>();
     let (started_tx, started_rx) = oneshot::channel::<()>();
@@ -160,7 +180,10 @@ async fn wait_coalesces_onto_the_running_execution() {
     }
     release_tx.send(()).unwrap();
     let (v, info) = owner.await.unwrap().unwrap();
-    assert_eq!((v.as_str(), info.disposition), ("done", Disposition::Executed));
+    assert_eq!(
+        (v.as_str(), info.disposition),
+        ("done", Disposition::Executed)
+    );
     for w in waiters {
         let (v, info) = w.await.unwrap().unwrap();
         assert_eq!(v, "done");
@@ -173,7 +196,9 @@ async fn wait_coalesces_onto_the_running_execution() {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn wait_times_out_with_in_progress_and_retry_after() {
     let (b, clock) = manual("s");
-    let guard = b.on_duplicate(OnDuplicate::Wait(Duration::from_millis(250))).build();
+    let guard = b
+        .on_duplicate(OnDuplicate::Wait(Duration::from_millis(250)))
+        .build();
     let Begin::Owner(lease) = guard.begin("k", None).await.unwrap() else {
         panic!("expected ownership")
     };
@@ -196,7 +221,9 @@ async fn wait_times_out_with_in_progress_and_retry_after() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_waiter_runs_when_the_owner_fails_and_releases() {
     let (b, _) = manual("s");
-    let guard = b.on_duplicate(OnDuplicate::Wait(Duration::from_secs(30))).build();
+    let guard = b
+        .on_duplicate(OnDuplicate::Wait(Duration::from_secs(30)))
+        .build();
     let fx = Effects::default();
     let (release_tx, release_rx) = oneshot::channel::<()>();
     let (started_tx, started_rx) = oneshot::channel::<()>();
@@ -231,7 +258,10 @@ async fn a_waiter_runs_when_the_owner_fails_and_releases() {
         tokio::task::yield_now().await;
     }
     release_tx.send(()).unwrap();
-    assert!(matches!(owner.await.unwrap(), Err(GuardError::Operation(_))));
+    assert!(matches!(
+        owner.await.unwrap(),
+        Err(GuardError::Operation(_))
+    ));
     let (v, info) = waiter.await.unwrap().unwrap();
     assert_eq!(v, "second try");
     assert_eq!(info.disposition, Disposition::Executed);
@@ -252,8 +282,14 @@ async fn release_on_failure_lets_the_next_call_run() {
         .await
         .unwrap_err();
     assert_eq!(err.into_operation().unwrap().to_string(), "timeout");
-    assert!(record(&guard, "k").await.is_none(), "failure must release the key");
-    let v: u32 = guard.run("k", || async { Res::Ok(fx.hit()) }).await.unwrap();
+    assert!(
+        record(&guard, "k").await.is_none(),
+        "failure must release the key"
+    );
+    let v: u32 = guard
+        .run("k", || async { Res::Ok(fx.hit()) })
+        .await
+        .unwrap();
     assert_eq!((v, fx.count()), (2, 2));
 }
 
@@ -350,8 +386,14 @@ async fn a_panic_is_not_success_releases_and_propagates() {
         .await
     };
     assert!(joined.unwrap_err().is_panic());
-    assert!(record(&guard, "k").await.is_none(), "a panic releases by default");
-    let v: u32 = guard.run("k", || async { Res::Ok(fx.hit()) }).await.unwrap();
+    assert!(
+        record(&guard, "k").await.is_none(),
+        "a panic releases by default"
+    );
+    let v: u32 = guard
+        .run("k", || async { Res::Ok(fx.hit()) })
+        .await
+        .unwrap();
     assert_eq!((v, fx.count()), (2, 2));
 }
 
@@ -418,7 +460,10 @@ async fn cancellation_is_not_success_and_releases() {
     task.abort();
     assert!(task.await.unwrap_err().is_cancelled());
     until_record(&guard, "k", |r| r.is_none()).await;
-    let v: u32 = guard.run("k", || async { Res::Ok(fx.hit()) }).await.unwrap();
+    let v: u32 = guard
+        .run("k", || async { Res::Ok(fx.hit()) })
+        .await
+        .unwrap();
     assert_eq!((v, fx.count()), (2, 2));
 }
 
@@ -529,7 +574,10 @@ async fn a_paused_owner_is_fenced_signalled_and_a_retake_runs() {
     // The owner's next heartbeat is fenced: it is told, and its result refused.
     let err = owner.await.unwrap().unwrap_err();
     assert!(matches!(err, GuardError::LeaseLost { .. }), "{err:?}");
-    let replay: String = guard.run("k", || async { Res::Ok("x".to_string()) }).await.unwrap();
+    let replay: String = guard
+        .run("k", || async { Res::Ok("x".to_string()) })
+        .await
+        .unwrap();
     assert_eq!(replay, "retaken");
     assert_eq!(fx.count(), 2);
 }
@@ -573,7 +621,10 @@ async fn verify_completes_with_the_reconciled_value_when_the_effect_happened() {
     assert_eq!(v, "rcpt_from_provider");
     assert_eq!(info.disposition, Disposition::Reconciled);
     assert_eq!(fx.count(), 0);
-    let again: String = guard.run("paid", || async { Res::Ok("x".into()) }).await.unwrap();
+    let again: String = guard
+        .run("paid", || async { Res::Ok("x".into()) })
+        .await
+        .unwrap();
     assert_eq!(again, "rcpt_from_provider");
 
     make_ambiguous(&guard, &clock, "unpaid").await;
@@ -601,8 +652,13 @@ async fn a_failing_reconcile_leaves_the_key_ambiguous() {
         .build();
     make_ambiguous(&guard, &clock, "k").await;
     let fx = Effects::default();
-    let err = guard.run("k", || async { Res::Ok(fx.hit()) }).await.unwrap_err();
-    assert!(matches!(err, GuardError::Reconcile { ref message, .. } if message == "provider unreachable"));
+    let err = guard
+        .run("k", || async { Res::Ok(fx.hit()) })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, GuardError::Reconcile { ref message, .. } if message == "provider unreachable")
+    );
     assert_eq!(fx.count(), 0);
     let rec = record(&guard, "k").await.unwrap();
     assert!(matches!(rec.state, State::InProgress { .. }));
@@ -615,17 +671,29 @@ async fn surface_returns_ambiguous_and_resolve_settles_it() {
     let fx = Effects::default();
 
     make_ambiguous(&guard, &clock, "a").await;
-    let err = guard.run("a", || async { Res::Ok(fx.hit()) }).await.unwrap_err();
+    let err = guard
+        .run("a", || async { Res::Ok(fx.hit()) })
+        .await
+        .unwrap_err();
     let GuardError::Ambiguous { attempts, .. } = err else {
         panic!("expected ambiguous, got {err:?}")
     };
     assert_eq!(attempts, 1);
-    assert!(matches!(guard.begin("a", None).await.unwrap(), Begin::Ambiguous(_)));
+    assert!(matches!(
+        guard.begin("a", None).await.unwrap(),
+        Begin::Ambiguous(_)
+    ));
     assert_eq!(
-        guard.resolve("a", Resolution::Completed(41u32)).await.unwrap(),
+        guard
+            .resolve("a", Resolution::Completed(41u32))
+            .await
+            .unwrap(),
         Resolved::Applied
     );
-    let v: u32 = guard.run("a", || async { Res::Ok(fx.hit()) }).await.unwrap();
+    let v: u32 = guard
+        .run("a", || async { Res::Ok(fx.hit()) })
+        .await
+        .unwrap();
     assert_eq!(v, 41);
     assert_eq!(
         guard.resolve("a", Resolution::<u32>::Retake).await.unwrap(),
@@ -637,12 +705,18 @@ async fn surface_returns_ambiguous_and_resolve_settles_it() {
         guard.resolve("b", Resolution::<u32>::Retake).await.unwrap(),
         Resolved::Applied
     );
-    let v: u32 = guard.run("b", || async { Res::Ok(fx.hit()) }).await.unwrap();
+    let v: u32 = guard
+        .run("b", || async { Res::Ok(fx.hit()) })
+        .await
+        .unwrap();
     assert_eq!((v, fx.count()), (1, 1));
 
     make_ambiguous(&guard, &clock, "c").await;
     guard
-        .resolve("c", Resolution::<u32>::Failed(StoredFailure::new("refunded by hand")))
+        .resolve(
+            "c",
+            Resolution::<u32>::Failed(StoredFailure::new("refunded by hand")),
+        )
         .await
         .unwrap();
     assert!(matches!(
@@ -650,7 +724,10 @@ async fn surface_returns_ambiguous_and_resolve_settles_it() {
         Err(GuardError::Failed(f)) if f.message == "refunded by hand"
     ));
     assert_eq!(
-        guard.resolve("nothing", Resolution::<u32>::Retake).await.unwrap(),
+        guard
+            .resolve("nothing", Resolution::<u32>::Retake)
+            .await
+            .unwrap(),
         Resolved::NotAmbiguous("absent")
     );
     assert!(record(&guard, "nothing").await.is_none());
@@ -669,7 +746,9 @@ async fn a_different_payload_is_a_mismatch_never_a_replay() {
         .await
         .unwrap();
     let same: u32 = guard
-        .run(Request::new("k").payload(b"{\"amount\":5}"), || async { Res::Ok(fx.hit()) })
+        .run(Request::new("k").payload(b"{\"amount\":5}"), || async {
+            Res::Ok(fx.hit())
+        })
         .await
         .unwrap();
     assert_eq!(v, same);
@@ -709,7 +788,10 @@ async fn the_first_call_returns_what_a_replay_returns() {
             blob: "x".repeat(10),
         };
         let first: Receipt = guard.run("k", || async { Res::Ok(make()) }).await.unwrap();
-        assert_eq!(first.local_only, 0, "{codec:?}: first call must go through the codec");
+        assert_eq!(
+            first.local_only, 0,
+            "{codec:?}: first call must go through the codec"
+        );
         let replay: Receipt = guard.run("k", || async { Res::Ok(make()) }).await.unwrap();
         assert_eq!(first, replay);
         let rec = record(&guard, "k").await.unwrap();
@@ -728,8 +810,14 @@ async fn large_results_are_compressed_and_still_equal() {
         local_only: 0,
         blob: "lorem ipsum dolor sit amet ".repeat(2500),
     };
-    let first: Receipt = guard.run("big", || async { Res::Ok(big.clone()) }).await.unwrap();
-    let replay: Receipt = guard.run("big", || async { Res::Ok(big.clone()) }).await.unwrap();
+    let first: Receipt = guard
+        .run("big", || async { Res::Ok(big.clone()) })
+        .await
+        .unwrap();
+    let replay: Receipt = guard
+        .run("big", || async { Res::Ok(big.clone()) })
+        .await
+        .unwrap();
     assert_eq!(first, big);
     assert_eq!(replay, big);
     let State::Completed(out) = record(&guard, "big").await.unwrap().state else {
@@ -779,7 +867,10 @@ async fn an_unencodable_result_is_recorded_so_the_effect_never_reruns() {
         .await
         .err()
         .unwrap();
-    assert!(matches!(err, GuardError::Failed(ref f) if f.kind == "idemp::codec"), "{err:?}");
+    assert!(
+        matches!(err, GuardError::Failed(ref f) if f.kind == "idemp::codec"),
+        "{err:?}"
+    );
     assert_eq!(fx.count(), 1);
 }
 
@@ -814,7 +905,10 @@ async fn the_manual_api_settles_raw_bytes_and_replays_them() {
     let Begin::Owner(lease) = guard.begin("req-2", None).await.unwrap() else {
         panic!("expected ownership after release")
     };
-    lease.fail(&StoredFailure::new("upstream 500")).await.unwrap();
+    lease
+        .fail(&StoredFailure::new("upstream 500"))
+        .await
+        .unwrap();
     assert!(matches!(
         guard.begin("req-2", None).await.unwrap(),
         Begin::Failed(f) if f.message == "upstream 500"
@@ -845,7 +939,10 @@ async fn a_stale_lease_cannot_complete() {
     let err = stale.complete(&"stale").await.unwrap_err();
     assert!(matches!(err, GuardError::LeaseLost { .. }));
     fresh.complete(&"fresh").await.unwrap();
-    let v: String = guard.run("k", || async { Res::Ok("x".to_string()) }).await.unwrap();
+    let v: String = guard
+        .run("k", || async { Res::Ok("x".to_string()) })
+        .await
+        .unwrap();
     assert_eq!(v, "fresh");
 }
 
@@ -883,7 +980,10 @@ async fn keys_derived_from_arguments_ignore_object_key_order() {
     assert_eq!((first, second, fx.count()), (1, 1, 1));
     let mut c = a.clone();
     c.to = "alice@example.com".into();
-    let third: u32 = guard.run_args(c, |_| async { Res::Ok(fx.hit()) }).await.unwrap();
+    let third: u32 = guard
+        .run_args(c, |_| async { Res::Ok(fx.hit()) })
+        .await
+        .unwrap();
     assert_eq!(third, 2);
     assert_eq!(
         idemp::Guard::key_for_args(&a).unwrap().len(),

@@ -10,9 +10,7 @@ use std::time::Duration;
 
 use guard_support::manual;
 use idemp::clock::Millis;
-use idemp::guard::{
-    Begin, Disposition, GuardError, OnAmbiguous, OnFailure, Resolution, Resolved,
-};
+use idemp::guard::{Begin, Disposition, GuardError, OnAmbiguous, OnFailure, Resolution, Resolved};
 use proptest::prelude::*;
 
 const LEASE_MS: Millis = 60_000;
@@ -71,8 +69,16 @@ fn check(ops: Vec<Op>, sticky: bool, surface: bool) -> Result<(), TestCaseError>
         let guard = b
             .lease(Duration::from_millis(LEASE_MS))
             .ttl(Duration::from_secs(30 * 24 * 3600))
-            .on_failure(if sticky { OnFailure::Sticky } else { OnFailure::Release })
-            .on_ambiguous(if surface { OnAmbiguous::Surface } else { OnAmbiguous::Retake })
+            .on_failure(if sticky {
+                OnFailure::Sticky
+            } else {
+                OnFailure::Release
+            })
+            .on_ambiguous(if surface {
+                OnAmbiguous::Surface
+            } else {
+                OnAmbiguous::Retake
+            })
             .build();
         let start = 1_700_000_000_000;
         let mut w = World {
@@ -100,7 +106,11 @@ fn check(ops: Vec<Op>, sticky: bool, surface: bool) -> Result<(), TestCaseError>
                             let v = values.fetch_add(1, Ordering::SeqCst);
                             *executions.entry(key).or_default() += 1;
                             *ran_slot = Some(v);
-                            if ok { Ok(v) } else { Err(format!("failure {v}")) }
+                            if ok {
+                                Ok(v)
+                            } else {
+                                Err(format!("failure {v}"))
+                            }
                         })
                         .await;
                     if runs {
@@ -116,13 +126,20 @@ fn check(ops: Vec<Op>, sticky: bool, surface: bool) -> Result<(), TestCaseError>
                             }
                             Err(GuardError::Operation(msg)) => {
                                 prop_assert!(!ok);
-                                let m = if sticky { Model::Failed(msg) } else { Model::Absent };
+                                let m = if sticky {
+                                    Model::Failed(msg)
+                                } else {
+                                    Model::Absent
+                                };
                                 w.keys.insert(key, m);
                             }
                             Err(e) => prop_assert!(false, "unexpected {e:?}"),
                         }
                     } else {
-                        prop_assert!(ran.is_none(), "ran although the model forbids it: {before:?}");
+                        prop_assert!(
+                            ran.is_none(),
+                            "ran although the model forbids it: {before:?}"
+                        );
                         match (before, res) {
                             (Model::Completed(v), Ok((got, info))) => {
                                 prop_assert_eq!(got, v);
@@ -131,7 +148,8 @@ fn check(ops: Vec<Op>, sticky: bool, surface: bool) -> Result<(), TestCaseError>
                             (Model::Failed(m), Err(GuardError::Failed(f))) => {
                                 prop_assert_eq!(f.message, m)
                             }
-                            (Model::Live { .. }, Err(GuardError::InProgress { .. })) if !w.ambiguous(key) => {}
+                            (Model::Live { .. }, Err(GuardError::InProgress { .. }))
+                                if !w.ambiguous(key) => {}
                             (Model::Live { .. }, Err(GuardError::Ambiguous { .. })) if surface => {}
                             (m, r) => prop_assert!(false, "model {m:?} but got {r:?}"),
                         }
@@ -144,13 +162,21 @@ fn check(ops: Vec<Op>, sticky: bool, surface: bool) -> Result<(), TestCaseError>
                     match (acquires, before, begin) {
                         (true, _, Ok(Begin::Owner(lease))) => {
                             lease.abandon();
-                            w.keys.insert(key, Model::Live { lease_until: w.now + LEASE_MS });
+                            w.keys.insert(
+                                key,
+                                Model::Live {
+                                    lease_until: w.now + LEASE_MS,
+                                },
+                            );
                         }
                         (false, Model::Completed(v), Ok(Begin::Completed(r))) => {
                             prop_assert_eq!(r.decode::<u64>().unwrap(), v)
                         }
-                        (false, Model::Failed(m), Ok(Begin::Failed(f))) => prop_assert_eq!(f.message, m),
-                        (false, Model::Live { .. }, Ok(Begin::InProgress { .. })) if !w.ambiguous(key) => {}
+                        (false, Model::Failed(m), Ok(Begin::Failed(f))) => {
+                            prop_assert_eq!(f.message, m)
+                        }
+                        (false, Model::Live { .. }, Ok(Begin::InProgress { .. }))
+                            if !w.ambiguous(key) => {}
                         (false, Model::Live { .. }, Ok(Begin::Ambiguous(_))) if surface => {}
                         (a, m, r) => prop_assert!(false, "acquires={a} model {m:?} but got {r:?}"),
                     }
@@ -169,7 +195,8 @@ fn check(ops: Vec<Op>, sticky: bool, surface: bool) -> Result<(), TestCaseError>
                     let res = guard.resolve(format!("k{key}"), resolution).await;
                     if w.ambiguous(key) {
                         prop_assert_eq!(res.unwrap(), Resolved::Applied);
-                        w.keys.insert(key, value.map_or(Model::Absent, Model::Completed));
+                        w.keys
+                            .insert(key, value.map_or(Model::Absent, Model::Completed));
                     } else {
                         let expected = match before {
                             Model::Absent => "absent",
@@ -185,7 +212,8 @@ fn check(ops: Vec<Op>, sticky: bool, surface: bool) -> Result<(), TestCaseError>
                 prop_assert_eq!(
                     w.executions.get(&key).copied().unwrap_or(0),
                     w.expected_executions.get(&key).copied().unwrap_or(0),
-                    "executions of k{}", key
+                    "executions of k{}",
+                    key
                 );
             }
         }

@@ -12,7 +12,9 @@ use idemp::store::{MemoryStore, Record, Store};
 /// A memory store on a manual clock, and a guard builder sharing that clock.
 pub fn manual(scope: &str) -> (GuardBuilder, ManualClock) {
     let clock = ManualClock::new(1_700_000_000_000);
-    let store = MemoryStore::builder().clock(Arc::new(clock.clone())).build();
+    let store = MemoryStore::builder()
+        .clock(Arc::new(clock.clone()))
+        .build();
     let builder = Guard::builder(store)
         .scope(scope)
         .clock(Arc::new(clock.clone()))
