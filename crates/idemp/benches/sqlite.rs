@@ -17,10 +17,8 @@ use idemp::store::{Claim, ClaimOutcome, Codec, Outcome, RecordKey, Store};
 /// One execution: claim a fresh key, then complete it with a small JSON outcome.
 async fn execute(store: &SqliteStore, key: u64) {
     let id = RecordKey::new("bench", format!("k{key}"));
-    let ClaimOutcome::Acquired { token, .. } = store
-        .claim(&Claim::new(id.clone()))
-        .await
-        .expect("claim")
+    let ClaimOutcome::Acquired { token, .. } =
+        store.claim(&Claim::new(id.clone())).await.expect("claim")
     else {
         panic!("fresh key not acquired");
     };
@@ -60,8 +58,7 @@ fn bench(c: &mut Criterion) {
                             let n = iters / tasks + u64::from(t < iters % tasks);
                             handles.push(tokio::spawn(async move {
                                 for _ in 0..n {
-                                    execute(&store, next_key.fetch_add(1, Ordering::Relaxed))
-                                        .await;
+                                    execute(&store, next_key.fetch_add(1, Ordering::Relaxed)).await;
                                 }
                             }));
                         }
