@@ -60,12 +60,13 @@ pub fn is_json(headers: &HeaderMap) -> bool {
 /// The bytes hashed for the body: the JCS form of a JSON body that parses, else the
 /// body itself.
 pub fn canonical_body<'a>(headers: &HeaderMap, body: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
-    if !body.is_empty() && is_json(headers) {
-        if let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) {
-            let mut out = Vec::with_capacity(body.len());
-            crate::canon::write_jcs_value(&value, &mut out);
-            return out.into();
-        }
+    if !body.is_empty()
+        && is_json(headers)
+        && let Ok(value) = serde_json::from_slice::<serde_json::Value>(body)
+    {
+        let mut out = Vec::with_capacity(body.len());
+        crate::canon::write_jcs_value(&value, &mut out);
+        return out.into();
     }
     body.into()
 }
@@ -83,7 +84,10 @@ pub fn request_fingerprint(
     frame(&mut h, DOMAIN);
     frame(&mut h, method.as_str().as_bytes());
     frame(&mut h, uri.path().as_bytes());
-    frame(&mut h, canonical_query(uri.query().unwrap_or("")).as_bytes());
+    frame(
+        &mut h,
+        canonical_query(uri.query().unwrap_or("")).as_bytes(),
+    );
     h.update((chosen.len() as u64).to_be_bytes());
     for name in chosen {
         frame(&mut h, name.as_str().as_bytes());

@@ -177,7 +177,10 @@ fn check_content(key: &[u8], offset: usize, allow_space: bool) -> Result<(), Key
 
 fn parse_bare(v: &[u8], offset: usize) -> Result<IdempotencyKey, KeyError> {
     check_content(v, offset, false)?;
-    if let Some(i) = v.iter().position(|&b| matches!(b, b'"' | b'\\' | b';' | b',')) {
+    if let Some(i) = v
+        .iter()
+        .position(|&b| matches!(b, b'"' | b'\\' | b';' | b','))
+    {
         return Err(KeyError::InvalidByte {
             byte: v[i],
             at: offset + i,
@@ -235,7 +238,9 @@ fn check_params(rest: &[u8]) -> Result<(), KeyError> {
         return Ok(());
     }
     if rest[0] != b';' {
-        return Err(KeyError::Malformed("unexpected characters after the string"));
+        return Err(KeyError::Malformed(
+            "unexpected characters after the string",
+        ));
     }
     let ok = rest
         .iter()
@@ -256,14 +261,20 @@ mod tests {
     fn accepts_both_forms() {
         assert_eq!(IdempotencyKey::parse(b"abc").unwrap().as_str(), "abc");
         assert_eq!(IdempotencyKey::parse(b"\"abc\"").unwrap().as_str(), "abc");
-        assert_eq!(IdempotencyKey::parse(b"  \"a b\"  ").unwrap().as_str(), "a b");
+        assert_eq!(
+            IdempotencyKey::parse(b"  \"a b\"  ").unwrap().as_str(),
+            "a b"
+        );
         assert_eq!(
             IdempotencyKey::parse(br#""a\"b\\c""#).unwrap().as_str(),
             r#"a"b\c"#
         );
         assert_eq!(IdempotencyKey::parse(b"\"k\";v=1").unwrap().as_str(), "k");
         let uuid = "8e03978e-40d5-43e8-bc93-6894a57f9324";
-        assert_eq!(IdempotencyKey::parse(uuid.as_bytes()).unwrap().as_str(), uuid);
+        assert_eq!(
+            IdempotencyKey::parse(uuid.as_bytes()).unwrap().as_str(),
+            uuid
+        );
     }
 
     #[test]

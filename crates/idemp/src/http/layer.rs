@@ -316,10 +316,12 @@ where
     if key.is_none() && !config.derive_key {
         if config.require_key {
             observer.event(Event::MissingKey);
-            return Ok(problem(Problem::new(ProblemKind::MissingKey).detail(format!(
-                "{} requests to this endpoint need an Idempotency-Key header",
-                req.method()
-            ))));
+            return Ok(problem(Problem::new(ProblemKind::MissingKey).detail(
+                format!(
+                    "{} requests to this endpoint need an Idempotency-Key header",
+                    req.method()
+                ),
+            )));
         }
         observer.event(Event::PassedThrough);
         return pass_through(inner, req.map(Either::Right), Disposition::PassedThrough).await;
@@ -551,13 +553,9 @@ impl Owned {
 
     async fn complete(&self, parts: &http::response::Parts, body: &Bytes) -> bool {
         let config = &self.shared.config;
-        let outcome = StoredResponse::capture(
-            parts.status,
-            &parts.headers,
-            body,
-            &config.replay_headers,
-        )
-        .to_outcome();
+        let outcome =
+            StoredResponse::capture(parts.status, &parts.headers, body, &config.replay_headers)
+                .to_outcome();
         let t0 = Instant::now();
         let res = config
             .store
