@@ -18,8 +18,8 @@ use idemp::http::{
     Disposition, Event, IdempotencyLayer, Observer, RequestBody, ResponseBody, StatusSet,
 };
 use idemp::store::{
-    Claim, ClaimOutcome, DynStore, ListQuery, MemoryStore, Outcome, Page, Record, RecordKey, State, Stats,
-    Store, StoreError, StoreResult, Token,
+    Claim, ClaimOutcome, DynStore, ListQuery, MemoryStore, Outcome, Page, Record, RecordKey, State,
+    Stats, Store, StoreError, StoreResult, Token,
 };
 use parking_lot::Mutex;
 use tokio::sync::Semaphore;
@@ -751,4 +751,55 @@ async fn unguarded_methods_pass_through_every_time() {
         }
     }
     assert_eq!(h.runs(), 8);
+}
+
+#[tokio::test]
+async fn a_duplicate_of_a_crashed_request_takes_over_when_the_lease_passes() {
+    use idemp::http::fingerprint::request_fingerprint;
+    use idemp::http::scope::{AuthorizationHeader, DEFAULT_SCOPE_SECRET, RequestPath, Scoper};
+
+    let store = memory();
+    // A process claimed the key, then died: nobody renews or settles it.
+    let req = post(Some("k"), "{}");
+    let scope = Scoper::new(
+        DEFAULT_SCOPE_SECRET,
+        Arc::new(AuthorizationHeader),
+        Arc::new(RequestPath),
+    )
+    .scope_of(None, "/payments");
+    let fp = request_fingerprint(req.method(), req.uri(), req.headers(), &[], b"{}");
+    let claimed = store
+        .claim(
+            &Claim::new(RecordKey::new(scope, "k"))
+                .fingerprint(Some(fp))
+                .lease(Duration::from_millis(300)),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(claimed, ClaimOutcome::Acquired { .. }));
+
+    let h = Handler::default();
+    let observer = Arc::new(Counter::default());
+    let s = svc(
+        &IdempotencyLayer::builder(store.clone())
+            .wait(Duration::from_secs(60))
+            .observer(observer.clone())
+            .build(),
+        &h,
+    );
+    // Within the wait, the duplicate notices the lease has passed and takes over
+    // (it does not sit out the whole 60 s wait for a settlement that never comes).
+    let got = tokio::time::timeout(Duration::from_secs(20), send(&s, req))
+        .await
+        .expect("the waiter must take over when the lease passes");
+    assert_eq!(got.status, 201);
+    assert_eq!(
+        got.disposition,
+        Some(Disposition::Executed {
+            stored: true,
+            takeover: true
+        })
+    );
+    assert_eq!(observer.get("taken_over"), 1);
+    assert_eq!(h.runs(), 1);
 }

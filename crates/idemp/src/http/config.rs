@@ -12,6 +12,7 @@ use super::scope::{
     AuthorizationHeader, DEFAULT_SCOPE_SECRET, PrincipalExtractor, RequestPath, RouteExtractor,
     Scoper,
 };
+use crate::clock::SharedClock;
 use crate::store::DynStore;
 
 /// A set of HTTP status codes (100–999).
@@ -131,6 +132,7 @@ pub struct Config {
     pub(crate) fingerprint_headers: Vec<HeaderName>,
     pub(crate) scoper: Scoper,
     pub(crate) observer: Arc<dyn Observer>,
+    pub(crate) clock: SharedClock,
 }
 
 impl fmt::Debug for Config {
@@ -228,6 +230,7 @@ impl Builder {
                 fingerprint_headers: Vec::new(),
                 scoper: Scoper::new(DEFAULT_SCOPE_SECRET, principal.clone(), route.clone()),
                 observer: Arc::new(NoopObserver),
+                clock: crate::clock::system(),
             },
             secret: DEFAULT_SCOPE_SECRET.to_vec(),
             principal,
@@ -332,6 +335,12 @@ impl Builder {
     /// Receives counters and store latencies.
     pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
         self.config.observer = observer;
+        self
+    }
+    /// The clock the store uses (default: the system clock), to tell how long a
+    /// running request's lease has left.
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.config.clock = clock;
         self
     }
     /// The configuration.

@@ -25,7 +25,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -395,13 +395,19 @@ where
             }
             Ok(ClaimOutcome::Existing(rec)) => match &rec.state {
                 State::Completed(o) | State::Failed(o) => return Ok(replay(config, o)),
-                State::InProgress { .. } => {
+                State::InProgress { lease_until } => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         return Ok(conflict(config));
                     }
+                    // Wake up when the lease passes too: if its owner died, the next
+                    // claim takes the key over instead of waiting for a settlement
+                    // that never comes.
+                    let until_lease = Duration::from_millis(
+                        lease_until.saturating_sub(config.clock.now_ms()) + 5,
+                    );
                     let t0 = Instant::now();
-                    let waited = config.store.wait(&id, left).await;
+                    let waited = config.store.wait(&id, left.min(until_lease)).await;
                     observer.store_latency(StoreOp::Wait, t0.elapsed(), waited.is_ok());
                     match waited {
                         Ok(Some(rec)) => match &rec.state {
@@ -412,7 +418,8 @@ where
                                 if Instant::now() >= deadline {
                                     return Ok(conflict(config));
                                 }
-                                // Woken early without a change: claim again.
+                                // The lease passed (or a spurious wake-up): claim
+                                // again, which takes over an expired lease.
                             }
                         },
                         // Released (the first attempt's status was not stored): our turn.
