@@ -24,20 +24,28 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use idemp::http::{Disposition, Event, Observer, StoreOp};
 use idemp::store::{DynStore, RecordKey};
 use metrics::{Counter, Histogram, Key, Label, Metadata, Recorder};
-use metrics_exporter_prometheus::{
-    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
-};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 const METADATA: Metadata<'static> = Metadata::new("idemp::serve", metrics::Level::INFO, None);
 
+const DISPOSITIONS: [&str; 6] = [
+    "passed_through",
+    "executed",
+    "replayed",
+    "refused",
+    "failed_open",
+    "other",
+];
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
 /// The proxy's metrics, recorded into its own Prometheus recorder.
 pub struct Metrics {
-    recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     events: HashMap<Event, Vec<Counter>>,
     latency: HashMap<(StoreOp, bool), Histogram>,
+    requests: HashMap<(&'static str, &'static str), Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -101,11 +109,21 @@ impl Metrics {
                 latency.insert((op, ok), recorder.register_histogram(&key, &METADATA));
             }
         }
+        let mut requests = HashMap::new();
+        for d in DISPOSITIONS {
+            for class in STATUS_CLASSES {
+                let key = Key::from_parts(
+                    "idemp_requests_total",
+                    vec![Label::new("disposition", d), Label::new("status", class)],
+                );
+                requests.insert((d, class), recorder.register_counter(&key, &METADATA));
+            }
+        }
         Ok(Self {
-            recorder,
             handle,
             events,
             latency,
+            requests,
         })
     }
 
@@ -119,22 +137,10 @@ impl Metrics {
             Some(Disposition::FailedOpen) => "failed_open",
             Some(_) => "other",
         };
-        let class = match status.as_u16() / 100 {
-            1 => "1xx",
-            2 => "2xx",
-            3 => "3xx",
-            4 => "4xx",
-            _ => "5xx",
-        };
-        self.recorder
-            .register_counter(
-                &Key::from_parts(
-                    "idemp_requests_total",
-                    vec![Label::new("disposition", d), Label::new("status", class)],
-                ),
-                &METADATA,
-            )
-            .increment(1);
+        let class = STATUS_CLASSES[usize::from(status.as_u16() / 100).clamp(1, 5) - 1];
+        if let Some(c) = self.requests.get(&(d, class)) {
+            c.increment(1);
+        }
     }
 
     /// The Prometheus text exposition.

@@ -40,7 +40,7 @@ use tower_service::Service;
 use super::config::{Builder, Config};
 use super::fingerprint::request_fingerprint;
 use super::header::IdempotencyKey;
-use super::lease::Heartbeat;
+use super::lease::{LeaseLost, heartbeat};
 use super::observe::{Event, StoreOp};
 use super::problem::{Problem, ProblemKind};
 use super::replay::StoredResponse;
@@ -495,12 +495,14 @@ impl Owned {
         ResB::Error: Into<BoxError>,
     {
         let config = &self.shared.config;
-        let heartbeat = Heartbeat::start(
+        let lost = LeaseLost::default();
+        let heartbeat = heartbeat(
             config.store.clone(),
             self.id.clone(),
             self.token,
             config.lease,
             config.observer.clone(),
+            lost.clone(),
         );
         let work = async {
             let res = fut.await?;
@@ -512,9 +514,12 @@ impl Owned {
                 .map_err(Into::<BoxError>::into);
             Ok::<_, E>((parts, collected))
         };
-        let result = AssertUnwindSafe(work).catch_unwind().await;
-        let lost = heartbeat.lost();
-        drop(heartbeat);
+        let result = tokio::select! {
+            biased;
+            r = AssertUnwindSafe(work).catch_unwind() => r,
+            never = heartbeat => match never {},
+        };
+        let lost = lost.get();
         match result {
             Err(_panic) => {
                 self.release().await;
