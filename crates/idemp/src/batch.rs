@@ -42,7 +42,7 @@
 //!     return out
 //! ```
 //!
-//! ```no_run
+//! ```
 //! use idemp::batch::custom_ids;
 //! use serde_json::json;
 //!
