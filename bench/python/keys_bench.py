@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import ssl
 import sys
 import timeit
@@ -50,6 +51,16 @@ def main() -> int:
     cases.append(("derive/scoped_sha256_hex/64", lambda b: agentidemp.scoped_sha256_hex("tenant-7", b), d64, 64))
     cases.append(("derive/uuid5_key/64 (str)", lambda s: agentidemp.uuid5_key(agentidemp.NAMESPACE_ANTHROPIC, s), "x" * 64, 64))
     cases.append(("derive/random_key", lambda _: agentidemp.random_key(), None, 0))
+    email = {
+        "to": "alice@example.com",
+        "subject": "Your order #1042 has shipped",
+        "body": "Hello Alice, your order is on its way. Tracking: 1Z999AA10123456784.",
+        "cc": ["ops@example.com"],
+        "priority": 2,
+        "track": True,
+    }
+    # idemp's for_args, reproduced with agentidemp-py (see idemp::key::for_args).
+    cases.append(("derive/for_args/email", lambda a: agentidemp.scoped_key("agent-7", "send_email", json.dumps(a, sort_keys=True, separators=(",", ":"), ensure_ascii=True)), email, 0))
     for name, fn, arg, n in cases:
         ns = measure(fn, arg, args.seconds)
         gbps = f"{n / ns:8.3f}" if n else f"{'-':>8}"
