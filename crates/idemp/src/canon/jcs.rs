@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::number::write_es_number;
 use super::parse::{Node, Tape};
 use super::python::decode_generalized;
+use super::swar::skip_json_plain;
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
@@ -19,7 +20,12 @@ pub(crate) fn write_str(s: &[u8], out: &mut Vec<u8>) {
     out.reserve(s.len() + 2);
     out.push(b'"');
     let mut run = 0;
-    for (i, &b) in s.iter().enumerate() {
+    let mut i = 0;
+    loop {
+        i = skip_json_plain(s, i);
+        let Some(&b) = s.get(i) else {
+            break;
+        };
         let short = match b {
             b'"' => b'"',
             b'\\' => b'\\',
@@ -28,8 +34,7 @@ pub(crate) fn write_str(s: &[u8], out: &mut Vec<u8>) {
             0x0a => b'n',
             0x0c => b'f',
             0x0d => b'r',
-            0x00..=0x1f => b'u',
-            _ => continue,
+            _ => b'u',
         };
         out.extend_from_slice(&s[run..i]);
         if short == b'u' {
@@ -44,7 +49,8 @@ pub(crate) fn write_str(s: &[u8], out: &mut Vec<u8>) {
         } else {
             out.extend_from_slice(&[b'\\', short]);
         }
-        run = i + 1;
+        i += 1;
+        run = i;
     }
     out.extend_from_slice(&s[run..]);
     out.push(b'"');

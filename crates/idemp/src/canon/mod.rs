@@ -41,6 +41,7 @@ mod parse;
 mod path;
 mod preset;
 mod python;
+mod swar;
 
 use sha2::{Digest, Sha256};
 

@@ -17,6 +17,7 @@ use std::ops::Range;
 use super::error::{CanonError, Position};
 use super::jcs::cmp_utf16;
 use super::path::Path;
+use super::swar::skip_json_plain;
 
 /// The deepest nesting of objects and arrays accepted.
 ///
@@ -192,19 +193,6 @@ fn validate_utf8(input: &[u8], surrogatepass: bool) -> Result<(), CanonError> {
     Ok(())
 }
 
-/// Bytes that end the fast scan of a string: `"`, `\` and control characters.
-static STRING_SPECIAL: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 0x20 {
-        table[b] = true;
-        b += 1;
-    }
-    table[b'"' as usize] = true;
-    table[b'\\' as usize] = true;
-    table
-};
-
 struct Parser<'a, 'c> {
     input: &'a [u8],
     pos: usize,
@@ -353,10 +341,7 @@ impl<'a> Parser<'a, '_> {
         let input = self.input;
         let open = self.pos;
         let start = open + 1;
-        let mut i = start;
-        while i < input.len() && !STRING_SPECIAL[input[i] as usize] {
-            i += 1;
-        }
+        let i = skip_json_plain(input, start);
         match input.get(i) {
             None => Err(self.syntax("Unterminated string starting at", open)),
             Some(b'"') => {
@@ -416,9 +401,7 @@ impl<'a> Parser<'a, '_> {
                 i += 2;
             }
             let run = i;
-            while i < input.len() && !STRING_SPECIAL[input[i] as usize] {
-                i += 1;
-            }
+            i = skip_json_plain(input, i);
             self.tape.decoded.extend_from_slice(&input[run..i]);
             match input.get(i) {
                 None => return Err(self.syntax("Unterminated string starting at", open)),
@@ -578,7 +561,19 @@ impl<'a> Parser<'a, '_> {
         if !strictly_sorted {
             // The tie-break keeps equal keys in input order, so the last of a run is
             // the one a Python dict keeps.
-            members.sort_unstable_by(|a, b| cmp(key(a), key(b)).then(a.at.cmp(&b.at)));
+            let order = |a: &Member, b: &Member| cmp(key(a), key(b)).then(a.at.cmp(&b.at));
+            if members.len() <= 16 {
+                // Request objects are small and often nearly sorted.
+                for i in 1..members.len() {
+                    let mut j = i;
+                    while j > 0 && order(&members[j], &members[j - 1]) == Ordering::Less {
+                        members.swap(j, j - 1);
+                        j -= 1;
+                    }
+                }
+            } else {
+                members.sort_unstable_by(order);
+            }
         }
         // Duplicates are only possible when the keys were not strictly sorted; dropped
         // members (JCS only) are removed here.

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::number::{write_i64, write_python_float, write_u64};
 use super::parse::{Node, Tape};
+use super::swar::skip_printable_ascii;
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
@@ -50,15 +51,15 @@ pub(crate) fn write_str(s: &[u8], out: &mut Vec<u8>) {
     out.push(b'"');
     let mut i = 0;
     let mut run = 0;
-    while i < s.len() {
-        let b = s[i];
-        let esc = ESCAPE[b as usize];
-        if esc == 0 {
-            i += 1;
-            continue;
+    loop {
+        i = skip_printable_ascii(s, i);
+        if i >= s.len() {
+            break;
         }
         out.extend_from_slice(&s[run..i]);
+        let b = s[i];
         if b < 0x80 {
+            let esc = ESCAPE[b as usize];
             if esc == b'u' {
                 push_u_escape(u32::from(b), out);
             } else {
