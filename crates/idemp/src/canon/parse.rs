@@ -11,6 +11,7 @@
 //! (with encoded lone surrogates allowed in the python format, as `json.loads(bytes)`
 //! decodes with `surrogatepass`) and an optional UTF-8 byte order mark.
 
+use std::cell::Cell;
 use std::cmp::Ordering;
 use std::ops::Range;
 
@@ -88,12 +89,65 @@ pub(crate) struct Tape<'a> {
     pub(crate) members: Vec<Member>,
     pub(crate) items: Vec<u32>,
     pub(crate) root: u32,
+    /// The rest of the reusable buffers (see [`Tape::recycle`]).
+    pub(crate) scratch: Box<Scratch>,
 }
 
 impl Tape<'_> {
     pub(crate) fn str(&self, s: Str) -> &[u8] {
         str_bytes(self.input, &self.decoded, s)
     }
+
+    /// Gives the buffers back to this thread's pool for the next call (unless a huge
+    /// input made them too big to keep around).
+    pub(crate) fn recycle(self) {
+        let Tape {
+            mut nodes,
+            mut decoded,
+            mut members,
+            mut items,
+            mut scratch,
+            ..
+        } = self;
+        if nodes.capacity() > KEEP_NODES
+            || decoded.capacity() > KEEP_BYTES
+            || scratch.out.capacity() > KEEP_BYTES
+        {
+            return;
+        }
+        nodes.clear();
+        decoded.clear();
+        members.clear();
+        items.clear();
+        scratch.nodes = nodes;
+        scratch.decoded = decoded;
+        scratch.members = members;
+        scratch.items = items;
+        scratch.out.clear();
+        SCRATCH.with(|cell| cell.set(Some(scratch)));
+    }
+}
+
+/// Buffers reused from call to call on one thread, so that a steady stream of requests
+/// allocates nothing per call.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    nodes: Vec<Node>,
+    decoded: Vec<u8>,
+    members: Vec<Member>,
+    items: Vec<u32>,
+    member_stack: Vec<Member>,
+    item_stack: Vec<u32>,
+    states: Vec<(u32, u32)>,
+    /// An output buffer for callers that only need the hash.
+    pub(crate) out: Vec<u8>,
+}
+
+const KEEP_NODES: usize = 1 << 16;
+const KEEP_BYTES: usize = 1 << 20;
+
+thread_local! {
+    static SCRATCH: Cell<Option<Box<Scratch>>> = const { Cell::new(None) };
 }
 
 fn str_bytes<'t>(input: &'t [u8], decoded: &'t [u8], s: Str) -> &'t [u8] {
@@ -109,7 +163,14 @@ fn str_bytes<'t>(input: &'t [u8], decoded: &'t [u8], s: Str) -> &'t [u8] {
 pub(crate) struct Rules<'c> {
     pub(crate) jcs: bool,
     pub(crate) drop_keys: &'c [Box<[u8]>],
+    /// Bit `min(len, 63)` is set for the length of every drop key: a quick reject.
+    pub(crate) drop_key_lengths: u64,
     pub(crate) paths: &'c [Path],
+}
+
+/// The bit of [`Rules::drop_key_lengths`] for a key of `len` bytes.
+pub(crate) fn length_bit(len: usize) -> u64 {
+    1 << len.min(63)
 }
 
 /// Parses `input` under `rules`.
@@ -118,22 +179,26 @@ pub(crate) fn parse<'a>(input: &'a [u8], rules: &Rules<'_>) -> Result<Tape<'a>, 
         return Err(CanonError::InputTooLarge { len: input.len() });
     }
     validate_utf8(input, !rules.jcs)?;
+    let mut scratch = SCRATCH.with(Cell::take).unwrap_or_default();
     let estimate = input.len() / 8 + 4;
+    let mut nodes = std::mem::take(&mut scratch.nodes);
+    nodes.reserve(estimate);
     let mut parser = Parser {
         input,
         pos: 0,
         rules,
+        member_stack: std::mem::take(&mut scratch.member_stack),
+        item_stack: std::mem::take(&mut scratch.item_stack),
+        states: std::mem::take(&mut scratch.states),
         tape: Tape {
             input,
-            nodes: Vec::with_capacity(estimate),
-            decoded: Vec::new(),
-            members: Vec::with_capacity(estimate / 2),
-            items: Vec::with_capacity(estimate / 2),
+            nodes,
+            decoded: std::mem::take(&mut scratch.decoded),
+            members: std::mem::take(&mut scratch.members),
+            items: std::mem::take(&mut scratch.items),
             root: 0,
+            scratch,
         },
-        member_stack: Vec::with_capacity(32),
-        item_stack: Vec::with_capacity(32),
-        states: Vec::new(),
     };
     if input.starts_with(b"\xef\xbb\xbf") {
         parser.pos = 3;
@@ -148,8 +213,21 @@ pub(crate) fn parse<'a>(input: &'a [u8], rules: &Rules<'_>) -> Result<Tape<'a>, 
     if parser.pos != input.len() {
         return Err(parser.syntax("Extra data", parser.pos));
     }
-    parser.tape.root = root;
-    Ok(parser.tape)
+    let Parser {
+        mut tape,
+        mut member_stack,
+        mut item_stack,
+        mut states,
+        ..
+    } = parser;
+    member_stack.clear();
+    item_stack.clear();
+    states.clear();
+    tape.scratch.member_stack = member_stack;
+    tape.scratch.item_stack = item_stack;
+    tape.scratch.states = states;
+    tape.root = root;
+    Ok(tape)
 }
 
 /// Checks the whole input up front (as `json.loads(bytes)` decodes it first), so the
@@ -470,7 +548,8 @@ impl<'a> Parser<'a, '_> {
             self.skip_ws();
 
             let key_bytes = str_bytes(self.input, &self.tape.decoded, key);
-            let mut drop = self.rules.drop_keys.iter().any(|k| **k == *key_bytes);
+            let mut drop = self.rules.drop_key_lengths & length_bit(key_bytes.len()) != 0
+                && self.rules.drop_keys.iter().any(|k| **k == *key_bytes);
             let child_lo = self.states.len();
             if !drop && !states.is_empty() {
                 for k in states.clone() {
