@@ -15,6 +15,7 @@ import json
 import os
 import statistics
 import sys
+import time
 import timeit
 
 from llm_message_hash import HashOpts, hash_request
@@ -27,9 +28,10 @@ opts = HashOpts.for_anthropic()
 obj = json.loads(raw)
 
 
-def measure(fn, repeat: int = 7) -> float:
-    number, _ = timeit.Timer(fn).autorange()
-    runs = timeit.Timer(fn).repeat(repeat=repeat, number=number)
+def measure(fn, repeat: int = 7, timer=time.perf_counter) -> float:
+    number, _ = timeit.Timer(fn, timer=timer).autorange()
+    number = max(number, 200)
+    runs = timeit.Timer(fn, timer=timer).repeat(repeat=repeat, number=number)
     return statistics.median(runs) / number
 
 
@@ -40,4 +42,10 @@ print(f"file: {os.path.relpath(path, ROOT)} ({len(raw)} bytes), Python {sys.vers
 print(f"hash_request(json.loads(raw), for_anthropic): {parse_and_hash * 1e6:8.2f} us/call")
 print(f"hash_request(obj, for_anthropic):             {hash_only * 1e6:8.2f} us/call")
 print(f"json.loads(raw) alone:                        {parse_only * 1e6:8.2f} us/call")
+# Thread CPU time: steadier on a shared machine (compare with the Rust
+# canon/anthropic_request_cpu_time group).
+cpu_parse_and_hash = measure(lambda: hash_request(json.loads(raw), opts), timer=time.thread_time)
+cpu_hash_only = measure(lambda: hash_request(obj, opts), timer=time.thread_time)
+print(f"thread CPU: hash_request(json.loads(raw)):    {cpu_parse_and_hash * 1e6:8.2f} us/call")
+print(f"thread CPU: hash_request(obj):                {cpu_hash_only * 1e6:8.2f} us/call")
 print(f"hash: {hash_request(obj, opts)}")

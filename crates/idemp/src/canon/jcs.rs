@@ -9,7 +9,7 @@ use std::cmp::Ordering;
 use serde_json::Value;
 
 use super::number::write_es_number;
-use super::parse::{Node, Tape};
+use super::parse::{Node, Str, Tape};
 use super::python::decode_generalized;
 use super::swar::skip_json_plain;
 
@@ -138,6 +138,19 @@ pub fn write_jcs_value(value: &Value, out: &mut Vec<u8>) {
     }
 }
 
+fn write_tape_str(tape: &Tape<'_>, s: Str, out: &mut Vec<u8>) {
+    let bytes = tape.str(s);
+    if s.decoded {
+        write_str(bytes, out);
+    } else {
+        // A raw input slice holds no quote, backslash or control character.
+        out.reserve(bytes.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+    }
+}
+
 /// Writes node `index` of a parsed tape (parsed with the JCS rules) in RFC 8785 form.
 pub(crate) fn write_tape(tape: &Tape<'_>, index: u32, out: &mut Vec<u8>) {
     match tape.nodes[index as usize] {
@@ -156,7 +169,7 @@ pub(crate) fn write_tape(tape: &Tape<'_>, index: u32, out: &mut Vec<u8>) {
             write_es_number(v, out);
         }
         Node::Float(v) => write_es_number(v, out),
-        Node::Str(s) => write_str(tape.str(s), out),
+        Node::Str(s) => write_tape_str(tape, s, out),
         Node::Array { start, len } => {
             out.push(b'[');
             let items = &tape.items[start as usize..(start + len) as usize];
@@ -175,7 +188,7 @@ pub(crate) fn write_tape(tape: &Tape<'_>, index: u32, out: &mut Vec<u8>) {
                 if i > 0 {
                     out.push(b',');
                 }
-                write_str(tape.str(member.key), out);
+                write_tape_str(tape, member.key, out);
                 out.push(b':');
                 write_tape(tape, member.value, out);
             }

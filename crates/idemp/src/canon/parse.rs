@@ -18,7 +18,7 @@ use std::ops::Range;
 use super::error::{CanonError, Position};
 use super::jcs::cmp_utf16;
 use super::path::Path;
-use super::swar::skip_json_plain;
+use super::swar::{skip_json_plain, skip_json_plain_ascii};
 
 /// The deepest nesting of objects and arrays accepted.
 ///
@@ -39,7 +39,11 @@ pub const MAX_INT_DIGITS: usize = 4300;
 pub(crate) struct Str {
     start: u32,
     len: u32,
-    decoded: bool,
+    /// Held in the decoded-strings buffer (the input spelled it with escapes).
+    pub(crate) decoded: bool,
+    /// A slice of the input made only of printable ASCII below DEL: written as is by
+    /// both writers.
+    pub(crate) plain: bool,
 }
 
 /// One value of the tape.
@@ -76,6 +80,8 @@ const DROPPED: u32 = u32::MAX;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Member {
     pub(crate) key: Str,
+    /// The first 8 bytes of the key, big-endian, zero-padded: most comparisons end here.
+    prefix: u64,
     pub(crate) value: u32,
     /// Byte offset of the key in the input (for error messages).
     at: u32,
@@ -419,7 +425,7 @@ impl<'a> Parser<'a, '_> {
         let input = self.input;
         let open = self.pos;
         let start = open + 1;
-        let i = skip_json_plain(input, start);
+        let (i, plain) = skip_json_plain_ascii(input, start);
         match input.get(i) {
             None => Err(self.syntax("Unterminated string starting at", open)),
             Some(b'"') => {
@@ -428,6 +434,7 @@ impl<'a> Parser<'a, '_> {
                     start: start as u32,
                     len: (i - start) as u32,
                     decoded: false,
+                    plain,
                 })
             }
             Some(b'\\') => self.parse_escaped_string(open, i),
@@ -489,6 +496,7 @@ impl<'a> Parser<'a, '_> {
                         start: out_start as u32,
                         len: (self.tape.decoded.len() - out_start) as u32,
                         decoded: true,
+                        plain: false,
                     });
                 }
                 Some(b'\\') => {}
@@ -548,6 +556,7 @@ impl<'a> Parser<'a, '_> {
             self.skip_ws();
 
             let key_bytes = str_bytes(self.input, &self.tape.decoded, key);
+            let prefix = key_prefix(key_bytes);
             let mut drop = self.rules.drop_key_lengths & length_bit(key_bytes.len()) != 0
                 && self.rules.drop_keys.iter().any(|k| **k == *key_bytes);
             let child_lo = self.states.len();
@@ -572,6 +581,7 @@ impl<'a> Parser<'a, '_> {
                     // input with duplicate keys is not I-JSON, dropped or not.
                     self.member_stack.push(Member {
                         key,
+                        prefix,
                         value: DROPPED,
                         at: key_at as u32,
                     });
@@ -584,6 +594,7 @@ impl<'a> Parser<'a, '_> {
                 self.states.truncate(child_lo);
                 self.member_stack.push(Member {
                     key,
+                    prefix,
                     value,
                     at: key_at as u32,
                 });
@@ -628,19 +639,25 @@ impl<'a> Parser<'a, '_> {
         let (input, decoded) = (self.input, &self.tape.decoded);
         let members = &mut self.member_stack[base..];
         let key = |m: &Member| str_bytes(input, decoded, m.key);
-        let cmp: fn(&[u8], &[u8]) -> Ordering = if self.rules.jcs {
-            cmp_utf16
-        } else {
-            <[u8]>::cmp
+        let jcs = self.rules.jcs;
+        let cmp = |a: &Member, b: &Member| {
+            // Byte order is code-point order; UTF-16 order agrees with it on ASCII.
+            if a.prefix != b.prefix && (!jcs || (a.prefix | b.prefix) & ASCII_MASK == 0) {
+                a.prefix.cmp(&b.prefix)
+            } else if jcs {
+                cmp_utf16(key(a), key(b))
+            } else {
+                key(a).cmp(key(b))
+            }
         };
         let strictly_sorted = members
             .windows(2)
-            .all(|w| cmp(key(&w[0]), key(&w[1])) == Ordering::Less);
+            .all(|w| cmp(&w[0], &w[1]) == Ordering::Less);
         let mut len = members.len();
         if !strictly_sorted {
             // The tie-break keeps equal keys in input order, so the last of a run is
             // the one a Python dict keeps.
-            let order = |a: &Member, b: &Member| cmp(key(a), key(b)).then(a.at.cmp(&b.at));
+            let order = |a: &Member, b: &Member| cmp(a, b).then(a.at.cmp(&b.at));
             if members.len() <= 16 {
                 // Request objects are small and often nearly sorted.
                 for i in 1..members.len() {
@@ -746,6 +763,18 @@ impl<'a> Parser<'a, '_> {
         self.item_stack.truncate(base);
         Ok(self.push(Node::Array { start, len }))
     }
+}
+
+/// The high bit of every byte of a key prefix: set where a byte is not ASCII.
+const ASCII_MASK: u64 = 0x8080_8080_8080_8080;
+
+/// The first 8 bytes of `key`, big-endian and zero-padded: comparing two prefixes
+/// orders the keys as their bytes do, unless the prefixes are equal.
+fn key_prefix(key: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    let n = key.len().min(8);
+    bytes[..n].copy_from_slice(&key[..n]);
+    u64::from_be_bytes(bytes)
 }
 
 /// Appends `cp` as UTF-8, surrogate code points included (3 bytes, `ED A0 80`…).

@@ -48,6 +48,29 @@ pub(crate) fn skip_json_plain(s: &[u8], from: usize) -> usize {
     i
 }
 
+/// Like [`skip_json_plain`], and also tells whether every byte skipped is printable
+/// ASCII below DEL (so `ensure_ascii` output is the same bytes).
+#[inline]
+pub(crate) fn skip_json_plain_ascii(s: &[u8], from: usize) -> (usize, bool) {
+    let mut i = from;
+    let mut high = 0u64;
+    while i + 8 <= s.len() {
+        let w = word(s, i);
+        if any_below(w, 0x20) || any_eq(w, b'"') || any_eq(w, b'\\') {
+            break;
+        }
+        // A byte is >= 0x7f iff its top bit is set or its low seven bits are all ones.
+        high |= (((w & !HI) + LO) | w) & HI;
+        i += 8;
+    }
+    let mut ascii = high == 0;
+    while i < s.len() && !is_json_special(s[i]) {
+        ascii &= s[i] < 0x7f;
+        i += 1;
+    }
+    (i, ascii)
+}
+
 /// The index of the first byte at or after `from` that `ensure_ascii` escapes (`"`,
 /// `\`, a control character, DEL or any non-ASCII byte), or `s.len()`.
 #[inline]
@@ -94,6 +117,22 @@ mod tests {
                 let plain = vec![b' '; len];
                 assert_eq!(skip_json_plain(&plain, 0), len);
                 assert_eq!(skip_printable_ascii(&plain, 0), len);
+            }
+        }
+        for len in 0..20 {
+            for at in 0..len {
+                for b in [0x7eu8, 0x7f, 0x80, 0xc3, 0xff] {
+                    let mut s = vec![b'a'; len];
+                    s[at] = b;
+                    assert_eq!(
+                        skip_json_plain_ascii(&s, 0),
+                        (len, b < 0x7f),
+                        "{b:x} {len} {at}"
+                    );
+                }
+                let mut s = vec![b'a'; len];
+                s[at] = b'"';
+                assert_eq!(skip_json_plain_ascii(&s, 0), (at, true));
             }
         }
         // Bytes that look close to specials but are not.
