@@ -42,6 +42,7 @@ if os.environ.get("GEN_CANON_IN_VENV") != "1":
     sys.exit(subprocess.call([py, os.path.abspath(__file__)], env=env))
 
 import hashlib  # noqa: E402
+import random  # noqa: E402
 
 import rfc8785  # noqa: E402
 from llm_message_hash import HashOpts, canonical_json, hash_request  # noqa: E402
@@ -316,6 +317,63 @@ add("int_4300_digits_negative", "-" + "9" * 4300)
 add("int_4301_digits", "1" + "0" * 4300)
 add("float_long_digits", "1" + "0" * 5000 + ".0")
 add("numbers_in_array", "[" + ",".join(n for n in numbers if n[0] != "[") + "]")
+
+# Randomized (fixed seed): number spellings, strings over all planes, key sets.
+rnd = random.Random(8785)
+
+
+def rand_digits(lo: int, hi: int) -> str:
+    return "".join(rnd.choice("0123456789") for _ in range(rnd.randint(lo, hi)))
+
+
+def rand_number(max_exp: int) -> str:
+    sign = rnd.choice(["", "-"])
+    whole = rnd.choice(["0", str(rnd.randint(1, 9)) + rand_digits(0, 25)])
+    frac = rnd.choice(["", "." + rand_digits(1, 25)])
+    exp = rnd.choice(["", "", "e", "E", "e+", "e-", "E-"])
+    if exp:
+        exp += str(rnd.randint(0, max_exp))
+    return sign + whole + frac + exp
+
+
+def rand_char(escape: bool) -> str:
+    plane = rnd.random()
+    if plane < 0.3:
+        cp = rnd.randint(0x20, 0x7E)
+    elif plane < 0.4:
+        cp = rnd.randint(0, 0x1F)
+    elif plane < 0.7:
+        cp = rnd.randint(0x80, 0xFFFF)
+    elif plane < 0.8:
+        cp = rnd.randint(0xD800, 0xDFFF)
+    else:
+        cp = rnd.randint(0x10000, 0x10FFFF)
+    if cp < 0x20 or cp in (0x22, 0x5C) or 0xD800 <= cp <= 0xDFFF or (escape and cp > 0x7E):
+        if cp >= 0x10000:
+            v = cp - 0x10000
+            return "\\u%04x\\u%04X" % (0xD800 | (v >> 10), 0xDC00 | (v & 0x3FF))
+        return ("\\u%04x" if rnd.random() < 0.5 else "\\u%04X") % cp
+    return chr(cp)
+
+
+def rand_string(n: int, surrogates: bool = True) -> str:
+    out = []
+    while len(out) < n:
+        c = rand_char(rnd.random() < 0.3)
+        if not surrogates and c.lower().startswith("\\ud") and c[3].lower() in "89abcdef" and len(c) == 6:
+            continue
+        out.append(c)
+    return '"' + "".join(out) + '"'
+
+
+for k in range(4):
+    add(f"random_numbers_{k}", "[" + ",".join(rand_number(250) for _ in range(250)) + "]")
+add("random_numbers_wide_exponents", "[" + ",".join(rand_number(400) for _ in range(250)) + "]", jcs=False)
+for k in range(4):
+    add(f"random_strings_{k}", "[" + ",".join(rand_string(rnd.randint(0, 12), surrogates=(k % 2 == 0)) for _ in range(100)) + "]")
+for k in range(4):
+    keys = {rand_string(rnd.randint(0, 4), surrogates=(k % 2 == 0)) for _ in range(60)}
+    add(f"random_keys_{k}", "{" + ",".join(f"{key}:{i}" for i, key in enumerate(sorted(keys))) + "}")
 
 # Nesting (within the documented depth limit of 256).
 add("deep_arrays_100", "[" * 100 + "1" + "]" * 100)

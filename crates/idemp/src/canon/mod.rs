@@ -41,6 +41,7 @@ mod parse;
 mod path;
 mod preset;
 mod python;
+mod swar;
 
 use sha2::{Digest, Sha256};
 
@@ -181,6 +182,10 @@ impl Canonicalizer {
         Rules {
             jcs: self.format == Format::Jcs,
             drop_keys: &self.drop_keys,
+            drop_key_lengths: self
+                .drop_keys
+                .iter()
+                .fold(0, |mask, k| mask | parse::length_bit(k.len())),
             paths: &self.paths,
         }
     }
@@ -190,11 +195,16 @@ impl Canonicalizer {
     pub fn write(&self, input: impl AsRef<[u8]>, out: &mut Vec<u8>) -> Result<(), CanonError> {
         let tape = parse::parse(input.as_ref(), &self.rules())?;
         out.reserve(input.as_ref().len());
-        match self.format {
-            Format::Python => python::write_tape(&tape, tape.root, out),
-            Format::Jcs => jcs::write_tape(&tape, tape.root, out),
-        }
+        self.write_tape(&tape, out);
+        tape.recycle();
         Ok(())
+    }
+
+    fn write_tape(&self, tape: &parse::Tape<'_>, out: &mut Vec<u8>) {
+        match self.format {
+            Format::Python => python::write_tape(tape, tape.root, out),
+            Format::Jcs => jcs::write_tape(tape, tape.root, out),
+        }
     }
 
     /// The canonical form of the JSON text `input`.
@@ -208,9 +218,13 @@ impl Canonicalizer {
 
     /// The SHA-256 of the canonical form (its UTF-8 bytes).
     pub fn digest(&self, input: impl AsRef<[u8]>) -> Result<[u8; 32], CanonError> {
-        let mut out = Vec::new();
-        self.write(input, &mut out)?;
-        Ok(Sha256::digest(&out).into())
+        let mut tape = parse::parse(input.as_ref(), &self.rules())?;
+        let mut out = std::mem::take(&mut tape.scratch.out);
+        self.write_tape(&tape, &mut out);
+        let digest = Sha256::digest(&out).into();
+        tape.scratch.out = out;
+        tape.recycle();
+        Ok(digest)
     }
 
     /// The SHA-256 of the canonical form as 64 lowercase hex digits (what

@@ -11,12 +11,14 @@
 //! (with encoded lone surrogates allowed in the python format, as `json.loads(bytes)`
 //! decodes with `surrogatepass`) and an optional UTF-8 byte order mark.
 
+use std::cell::Cell;
 use std::cmp::Ordering;
 use std::ops::Range;
 
 use super::error::{CanonError, Position};
 use super::jcs::cmp_utf16;
 use super::path::Path;
+use super::swar::{skip_json_plain, skip_json_plain_ascii};
 
 /// The deepest nesting of objects and arrays accepted.
 ///
@@ -37,7 +39,11 @@ pub const MAX_INT_DIGITS: usize = 4300;
 pub(crate) struct Str {
     start: u32,
     len: u32,
-    decoded: bool,
+    /// Held in the decoded-strings buffer (the input spelled it with escapes).
+    pub(crate) decoded: bool,
+    /// A slice of the input made only of printable ASCII below DEL: written as is by
+    /// both writers.
+    pub(crate) plain: bool,
 }
 
 /// One value of the tape.
@@ -74,6 +80,8 @@ const DROPPED: u32 = u32::MAX;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Member {
     pub(crate) key: Str,
+    /// The first 8 bytes of the key, big-endian, zero-padded: most comparisons end here.
+    prefix: u64,
     pub(crate) value: u32,
     /// Byte offset of the key in the input (for error messages).
     at: u32,
@@ -87,12 +95,65 @@ pub(crate) struct Tape<'a> {
     pub(crate) members: Vec<Member>,
     pub(crate) items: Vec<u32>,
     pub(crate) root: u32,
+    /// The rest of the reusable buffers (see [`Tape::recycle`]).
+    pub(crate) scratch: Box<Scratch>,
 }
 
 impl Tape<'_> {
     pub(crate) fn str(&self, s: Str) -> &[u8] {
         str_bytes(self.input, &self.decoded, s)
     }
+
+    /// Gives the buffers back to this thread's pool for the next call (unless a huge
+    /// input made them too big to keep around).
+    pub(crate) fn recycle(self) {
+        let Tape {
+            mut nodes,
+            mut decoded,
+            mut members,
+            mut items,
+            mut scratch,
+            ..
+        } = self;
+        if nodes.capacity() > KEEP_NODES
+            || decoded.capacity() > KEEP_BYTES
+            || scratch.out.capacity() > KEEP_BYTES
+        {
+            return;
+        }
+        nodes.clear();
+        decoded.clear();
+        members.clear();
+        items.clear();
+        scratch.nodes = nodes;
+        scratch.decoded = decoded;
+        scratch.members = members;
+        scratch.items = items;
+        scratch.out.clear();
+        SCRATCH.with(|cell| cell.set(Some(scratch)));
+    }
+}
+
+/// Buffers reused from call to call on one thread, so that a steady stream of requests
+/// allocates nothing per call.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    nodes: Vec<Node>,
+    decoded: Vec<u8>,
+    members: Vec<Member>,
+    items: Vec<u32>,
+    member_stack: Vec<Member>,
+    item_stack: Vec<u32>,
+    states: Vec<(u32, u32)>,
+    /// An output buffer for callers that only need the hash.
+    pub(crate) out: Vec<u8>,
+}
+
+const KEEP_NODES: usize = 1 << 16;
+const KEEP_BYTES: usize = 1 << 20;
+
+thread_local! {
+    static SCRATCH: Cell<Option<Box<Scratch>>> = const { Cell::new(None) };
 }
 
 fn str_bytes<'t>(input: &'t [u8], decoded: &'t [u8], s: Str) -> &'t [u8] {
@@ -108,7 +169,14 @@ fn str_bytes<'t>(input: &'t [u8], decoded: &'t [u8], s: Str) -> &'t [u8] {
 pub(crate) struct Rules<'c> {
     pub(crate) jcs: bool,
     pub(crate) drop_keys: &'c [Box<[u8]>],
+    /// Bit `min(len, 63)` is set for the length of every drop key: a quick reject.
+    pub(crate) drop_key_lengths: u64,
     pub(crate) paths: &'c [Path],
+}
+
+/// The bit of [`Rules::drop_key_lengths`] for a key of `len` bytes.
+pub(crate) fn length_bit(len: usize) -> u64 {
+    1 << len.min(63)
 }
 
 /// Parses `input` under `rules`.
@@ -117,22 +185,26 @@ pub(crate) fn parse<'a>(input: &'a [u8], rules: &Rules<'_>) -> Result<Tape<'a>, 
         return Err(CanonError::InputTooLarge { len: input.len() });
     }
     validate_utf8(input, !rules.jcs)?;
+    let mut scratch = SCRATCH.with(Cell::take).unwrap_or_default();
     let estimate = input.len() / 8 + 4;
+    let mut nodes = std::mem::take(&mut scratch.nodes);
+    nodes.reserve(estimate);
     let mut parser = Parser {
         input,
         pos: 0,
         rules,
+        member_stack: std::mem::take(&mut scratch.member_stack),
+        item_stack: std::mem::take(&mut scratch.item_stack),
+        states: std::mem::take(&mut scratch.states),
         tape: Tape {
             input,
-            nodes: Vec::with_capacity(estimate),
-            decoded: Vec::new(),
-            members: Vec::with_capacity(estimate / 2),
-            items: Vec::with_capacity(estimate / 2),
+            nodes,
+            decoded: std::mem::take(&mut scratch.decoded),
+            members: std::mem::take(&mut scratch.members),
+            items: std::mem::take(&mut scratch.items),
             root: 0,
+            scratch,
         },
-        member_stack: Vec::with_capacity(32),
-        item_stack: Vec::with_capacity(32),
-        states: Vec::new(),
     };
     if input.starts_with(b"\xef\xbb\xbf") {
         parser.pos = 3;
@@ -147,8 +219,21 @@ pub(crate) fn parse<'a>(input: &'a [u8], rules: &Rules<'_>) -> Result<Tape<'a>, 
     if parser.pos != input.len() {
         return Err(parser.syntax("Extra data", parser.pos));
     }
-    parser.tape.root = root;
-    Ok(parser.tape)
+    let Parser {
+        mut tape,
+        mut member_stack,
+        mut item_stack,
+        mut states,
+        ..
+    } = parser;
+    member_stack.clear();
+    item_stack.clear();
+    states.clear();
+    tape.scratch.member_stack = member_stack;
+    tape.scratch.item_stack = item_stack;
+    tape.scratch.states = states;
+    tape.root = root;
+    Ok(tape)
 }
 
 /// Checks the whole input up front (as `json.loads(bytes)` decodes it first), so the
@@ -191,19 +276,6 @@ fn validate_utf8(input: &[u8], surrogatepass: bool) -> Result<(), CanonError> {
     }
     Ok(())
 }
-
-/// Bytes that end the fast scan of a string: `"`, `\` and control characters.
-static STRING_SPECIAL: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 0x20 {
-        table[b] = true;
-        b += 1;
-    }
-    table[b'"' as usize] = true;
-    table[b'\\' as usize] = true;
-    table
-};
 
 struct Parser<'a, 'c> {
     input: &'a [u8],
@@ -353,10 +425,7 @@ impl<'a> Parser<'a, '_> {
         let input = self.input;
         let open = self.pos;
         let start = open + 1;
-        let mut i = start;
-        while i < input.len() && !STRING_SPECIAL[input[i] as usize] {
-            i += 1;
-        }
+        let (i, plain) = skip_json_plain_ascii(input, start);
         match input.get(i) {
             None => Err(self.syntax("Unterminated string starting at", open)),
             Some(b'"') => {
@@ -365,6 +434,7 @@ impl<'a> Parser<'a, '_> {
                     start: start as u32,
                     len: (i - start) as u32,
                     decoded: false,
+                    plain,
                 })
             }
             Some(b'\\') => self.parse_escaped_string(open, i),
@@ -416,9 +486,7 @@ impl<'a> Parser<'a, '_> {
                 i += 2;
             }
             let run = i;
-            while i < input.len() && !STRING_SPECIAL[input[i] as usize] {
-                i += 1;
-            }
+            i = skip_json_plain(input, i);
             self.tape.decoded.extend_from_slice(&input[run..i]);
             match input.get(i) {
                 None => return Err(self.syntax("Unterminated string starting at", open)),
@@ -428,6 +496,7 @@ impl<'a> Parser<'a, '_> {
                         start: out_start as u32,
                         len: (self.tape.decoded.len() - out_start) as u32,
                         decoded: true,
+                        plain: false,
                     });
                 }
                 Some(b'\\') => {}
@@ -487,7 +556,9 @@ impl<'a> Parser<'a, '_> {
             self.skip_ws();
 
             let key_bytes = str_bytes(self.input, &self.tape.decoded, key);
-            let mut drop = self.rules.drop_keys.iter().any(|k| **k == *key_bytes);
+            let prefix = key_prefix(key_bytes);
+            let mut drop = self.rules.drop_key_lengths & length_bit(key_bytes.len()) != 0
+                && self.rules.drop_keys.iter().any(|k| **k == *key_bytes);
             let child_lo = self.states.len();
             if !drop && !states.is_empty() {
                 for k in states.clone() {
@@ -510,6 +581,7 @@ impl<'a> Parser<'a, '_> {
                     // input with duplicate keys is not I-JSON, dropped or not.
                     self.member_stack.push(Member {
                         key,
+                        prefix,
                         value: DROPPED,
                         at: key_at as u32,
                     });
@@ -522,6 +594,7 @@ impl<'a> Parser<'a, '_> {
                 self.states.truncate(child_lo);
                 self.member_stack.push(Member {
                     key,
+                    prefix,
                     value,
                     at: key_at as u32,
                 });
@@ -566,19 +639,37 @@ impl<'a> Parser<'a, '_> {
         let (input, decoded) = (self.input, &self.tape.decoded);
         let members = &mut self.member_stack[base..];
         let key = |m: &Member| str_bytes(input, decoded, m.key);
-        let cmp: fn(&[u8], &[u8]) -> Ordering = if self.rules.jcs {
-            cmp_utf16
-        } else {
-            <[u8]>::cmp
+        let jcs = self.rules.jcs;
+        let cmp = |a: &Member, b: &Member| {
+            // Byte order is code-point order; UTF-16 order agrees with it on ASCII.
+            if a.prefix != b.prefix && (!jcs || (a.prefix | b.prefix) & ASCII_MASK == 0) {
+                a.prefix.cmp(&b.prefix)
+            } else if jcs {
+                cmp_utf16(key(a), key(b))
+            } else {
+                key(a).cmp(key(b))
+            }
         };
         let strictly_sorted = members
             .windows(2)
-            .all(|w| cmp(key(&w[0]), key(&w[1])) == Ordering::Less);
+            .all(|w| cmp(&w[0], &w[1]) == Ordering::Less);
         let mut len = members.len();
         if !strictly_sorted {
             // The tie-break keeps equal keys in input order, so the last of a run is
             // the one a Python dict keeps.
-            members.sort_unstable_by(|a, b| cmp(key(a), key(b)).then(a.at.cmp(&b.at)));
+            let order = |a: &Member, b: &Member| cmp(a, b).then(a.at.cmp(&b.at));
+            if members.len() <= 16 {
+                // Request objects are small and often nearly sorted.
+                for i in 1..members.len() {
+                    let mut j = i;
+                    while j > 0 && order(&members[j], &members[j - 1]) == Ordering::Less {
+                        members.swap(j, j - 1);
+                        j -= 1;
+                    }
+                }
+            } else {
+                members.sort_unstable_by(order);
+            }
         }
         // Duplicates are only possible when the keys were not strictly sorted; dropped
         // members (JCS only) are removed here.
@@ -672,6 +763,18 @@ impl<'a> Parser<'a, '_> {
         self.item_stack.truncate(base);
         Ok(self.push(Node::Array { start, len }))
     }
+}
+
+/// The high bit of every byte of a key prefix: set where a byte is not ASCII.
+const ASCII_MASK: u64 = 0x8080_8080_8080_8080;
+
+/// The first 8 bytes of `key`, big-endian and zero-padded: comparing two prefixes
+/// orders the keys as their bytes do, unless the prefixes are equal.
+fn key_prefix(key: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    let n = key.len().min(8);
+    bytes[..n].copy_from_slice(&key[..n]);
+    u64::from_be_bytes(bytes)
 }
 
 /// Appends `cp` as UTF-8, surrogate code points included (3 bytes, `ED A0 80`…).

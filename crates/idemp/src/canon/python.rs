@@ -9,7 +9,8 @@
 use serde_json::Value;
 
 use super::number::{write_i64, write_python_float, write_u64};
-use super::parse::{Node, Tape};
+use super::parse::{Node, Str, Tape};
+use super::swar::skip_printable_ascii;
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
@@ -50,15 +51,15 @@ pub(crate) fn write_str(s: &[u8], out: &mut Vec<u8>) {
     out.push(b'"');
     let mut i = 0;
     let mut run = 0;
-    while i < s.len() {
-        let b = s[i];
-        let esc = ESCAPE[b as usize];
-        if esc == 0 {
-            i += 1;
-            continue;
+    loop {
+        i = skip_printable_ascii(s, i);
+        if i >= s.len() {
+            break;
         }
         out.extend_from_slice(&s[run..i]);
+        let b = s[i];
         if b < 0x80 {
+            let esc = ESCAPE[b as usize];
             if esc == b'u' {
                 push_u_escape(u32::from(b), out);
             } else {
@@ -159,6 +160,18 @@ pub fn write_python_value(value: &Value, out: &mut Vec<u8>) {
     }
 }
 
+fn write_tape_str(tape: &Tape<'_>, s: Str, out: &mut Vec<u8>) {
+    let bytes = tape.str(s);
+    if s.plain {
+        out.reserve(bytes.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+    } else {
+        write_str(bytes, out);
+    }
+}
+
 /// Writes node `index` of a parsed tape in the python-compat form.
 pub(crate) fn write_tape(tape: &Tape<'_>, index: u32, out: &mut Vec<u8>) {
     match tape.nodes[index as usize] {
@@ -174,7 +187,7 @@ pub(crate) fn write_tape(tape: &Tape<'_>, index: u32, out: &mut Vec<u8>) {
             out.extend_from_slice(if text == b"-0" { b"0" } else { text });
         }
         Node::Float(v) => write_python_float(v, out),
-        Node::Str(s) => write_str(tape.str(s), out),
+        Node::Str(s) => write_tape_str(tape, s, out),
         Node::Array { start, len } => {
             out.push(b'[');
             let items = &tape.items[start as usize..(start + len) as usize];
@@ -193,7 +206,7 @@ pub(crate) fn write_tape(tape: &Tape<'_>, index: u32, out: &mut Vec<u8>) {
                 if i > 0 {
                     out.push(b',');
                 }
-                write_str(tape.str(member.key), out);
+                write_tape_str(tape, member.key, out);
                 out.push(b':');
                 write_tape(tape, member.value, out);
             }
