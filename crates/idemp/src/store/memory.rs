@@ -485,6 +485,7 @@ impl fmt::Debug for MemoryStore {
 pub struct MemoryStoreBuilder {
     clock: Option<SharedClock>,
     shards: Option<usize>,
+    capacity: usize,
 }
 
 impl MemoryStoreBuilder {
@@ -501,6 +502,13 @@ impl MemoryStoreBuilder {
         self
     }
 
+    /// Room for this many records before any shard's table grows (default 0: tables
+    /// grow on demand). Pre-sizing avoids rehashing pauses when the working set is known.
+    pub fn capacity(mut self, records: usize) -> Self {
+        self.capacity = records;
+        self
+    }
+
     /// Builds the store.
     pub fn build(self) -> MemoryStore {
         let wanted = self.shards.unwrap_or_else(|| {
@@ -508,10 +516,15 @@ impl MemoryStoreBuilder {
             cores.saturating_mul(4)
         });
         let count = wanted.clamp(1, MAX_SHARDS).next_power_of_two();
+        // Keys spread evenly; leave some slack for the unlucky shards.
+        let per_shard = match self.capacity {
+            0 => 0,
+            n => n / count + n / count / 8 + 1,
+        };
         let shards = (0..count)
             .map(|_| {
                 Shard(Mutex::new(ShardMap {
-                    table: HashTable::new(),
+                    table: HashTable::with_capacity(per_shard),
                     last_token: 0,
                 }))
             })
