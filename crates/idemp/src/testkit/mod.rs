@@ -89,9 +89,11 @@ use crate::store::{
 };
 
 mod cases;
+mod model;
 mod storm;
 
 pub use cases::*;
+pub use model::*;
 pub use storm::*;
 
 /// How the suite controls a store's notion of time.
@@ -185,6 +187,10 @@ pub struct KitConfig {
     pub wait_timeout: Duration,
     /// Sizes of the concurrency storms.
     pub storm: StormConfig,
+    /// Random sequences run by [`random_operations_match_the_model`] (default 40).
+    pub model_runs: usize,
+    /// Operations per sequence (default 60).
+    pub model_steps: usize,
 }
 
 impl Default for KitConfig {
@@ -193,6 +199,8 @@ impl Default for KitConfig {
             real_time_unit: Duration::from_millis(150),
             wait_timeout: Duration::from_secs(10),
             storm: StormConfig::default(),
+            model_runs: 40,
+            model_steps: 60,
         }
     }
 }
@@ -211,6 +219,12 @@ impl KitConfig {
     /// Sets the storm sizes.
     pub fn storm(mut self, storm: StormConfig) -> Self {
         self.storm = storm;
+        self
+    }
+    /// Sets [`model_runs`](Self::model_runs) and [`model_steps`](Self::model_steps).
+    pub fn model(mut self, runs: usize, steps: usize) -> Self {
+        self.model_runs = runs;
+        self.model_steps = steps;
         self
     }
 }
@@ -313,6 +327,7 @@ pub const CASES: &[&str] = &[
     "odd_keys_round_trip",
     "distinct_ids_never_collide",
     "hot_key_has_one_owner",
+    "random_operations_match_the_model",
     "storm_exactly_once",
     "storm_with_release",
     "storm_fencing",
@@ -345,6 +360,7 @@ pub async fn run_all<F: StoreFactory + ?Sized>(factory: &F) {
     odd_keys_round_trip(factory).await;
     distinct_ids_never_collide(factory).await;
     hot_key_has_one_owner(factory).await;
+    random_operations_match_the_model(factory).await;
     storm_exactly_once(factory).await;
     storm_with_release(factory).await;
     storm_fencing(factory).await;
@@ -400,6 +416,7 @@ macro_rules! conformance_tests {
             odd_keys_round_trip,
             distinct_ids_never_collide,
             hot_key_has_one_owner,
+            random_operations_match_the_model,
             storm_exactly_once,
             storm_with_release,
             storm_fencing,
