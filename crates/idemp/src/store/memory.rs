@@ -8,7 +8,8 @@
 //!
 //! * **Fencing tokens** come from a per-shard counter bumped under the shard's lock. A
 //!   key always lives in the same shard, so its tokens are strictly increasing across
-//!   takeovers, releases and purges, without a globally contended atomic.
+//!   takeovers, releases and purges, without a globally contended atomic. (Tokens are
+//!   unique per key, not across keys.)
 //! * **Expiry** reads the injected [`Clock`](crate::clock::Clock): a settled record is
 //!   invisible once `expires_at` has passed, removed lazily when touched and eagerly by
 //!   [`sweep`](Store::sweep). An in-progress record whose lease passed more than its
@@ -16,7 +17,10 @@
 //! * **Waiting** ([`Store::wait`]) is notified, not polled: the first waiter on a key
 //!   attaches a [`tokio::sync::Notify`] to the record, and settling, releasing, purging
 //!   or expiring the record wakes every waiter. Claims and completions with nobody
-//!   waiting allocate nothing for it.
+//!   waiting allocate nothing for it. A lease passing is not an event: waiters on an
+//!   abandoned record wait until their timeout (pass the remaining lease as the
+//!   timeout to react to it). `wait` measures its timeout with `tokio::time`, so it
+//!   needs a runtime with the time driver enabled.
 //!
 //! ```
 //! use idemp::store::{Claim, ClaimOutcome, Codec, MemoryStore, Outcome, RecordKey, State, Store};
