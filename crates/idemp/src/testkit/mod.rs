@@ -55,9 +55,16 @@
 //! * **Fingerprints**: a claim is a [`Mismatch`](crate::store::ClaimOutcome::Mismatch)
 //!   only when both the claim and the stored record carry a fingerprint and they
 //!   differ; a missing fingerprint on either side matches.
-//! * **Settled records have no owner**: `complete`, `fail`, `release` and `renew` on a
-//!   settled record fail with [`StoreError::Fenced`] (with `current` = the record's
-//!   token) and change nothing, even with the token that settled it.
+//! * **Settled records have no owner**: `release` and `renew` on a settled record, and
+//!   settling it in the other state, fail with [`StoreError::Fenced`] (with `current` =
+//!   the record's token) and change nothing, even with the token that settled it. The
+//!   same `complete` (or `fail`) repeated with the token that settled it (a retry after
+//!   a lost reply) either succeeds without changing anything (Redis) or gets `Fenced`
+//!   with `current` = that token (memory): both mean "settled by you".
+//! * **`Fenced::current` is never stale in a way that names the caller**: a caller
+//!   fenced by a takeover must see the successor's token, never its own (a store that
+//!   reads `current` from the failed statement's snapshot gets this wrong under races;
+//!   `storm_fencing` catches it).
 //! * **An expired lease that nobody took over is still owned**: its owner may renew,
 //!   complete, fail or release it.
 //! * **`Fenced::current`** is the record's current token, or `None` when the record is

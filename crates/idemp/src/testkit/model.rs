@@ -290,7 +290,18 @@ async fn run_sequence(env: &Env, run: usize, steps: usize) {
                     }
                 } else {
                     let current = model.get(&key).map(|r| r.token);
+                    // The token that settled the record repeating the same settle: a
+                    // retry after a lost reply may succeed (changing nothing).
+                    let same_settle = model.get(&key).is_some_and(|r| {
+                        r.token == token
+                            && match (op, r.settled) {
+                                (Op::Complete { .. }, Some((completed, _))) => completed,
+                                (Op::Fail { .. }, Some((completed, _))) => !completed,
+                                _ => false,
+                            }
+                    });
                     match res {
+                        Ok(None) if same_settle => {}
                         Err(StoreError::Fenced { token: t, current: c, .. }) if t == token && c == current => {}
                         other => env.fail(id, ctx(format!("token {token} does not own the record: expected Fenced (current {current:?}), got {other:?}"))),
                     }
