@@ -65,9 +65,12 @@ mod heartbeat;
 mod manual;
 mod options;
 
+use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::task::Poll;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -353,7 +356,7 @@ impl Guard {
         key: impl AsRef<str>,
         fingerprint: Option<Fingerprint>,
     ) -> Result<Begin, GuardError> {
-        let acquired = self.acquire(key.as_ref(), fingerprint).await?;
+        let acquired = self.acquire(key.as_ref().to_owned(), fingerprint).await?;
         Ok(match acquired {
             Acquired::Owner(core, _) => {
                 Begin::Owner(Lease::start(core, tokio::runtime::Handle::current()))
@@ -448,13 +451,16 @@ impl Guard {
     /// Claims the key, applying the duplicate and ambiguity policies.
     pub(crate) async fn acquire(
         &self,
-        key: &str,
+        key: String,
         fingerprint: Option<Fingerprint>,
     ) -> Result<Acquired, GuardError> {
         let inner = &self.inner;
         let opts = &inner.opts;
         let claim = Claim {
-            id: RecordKey::new(inner.scope.as_str(), key),
+            id: RecordKey {
+                scope: inner.scope.clone(),
+                key,
+            },
             fingerprint,
             lease: opts.lease,
             ttl: opts.ttl,
@@ -627,7 +633,7 @@ impl Guard {
     {
         let opts = &self.inner.opts;
         let acquired = self
-            .acquire(&request.key, request.fingerprint)
+            .acquire(request.key, request.fingerprint)
             .await
             .map_err(GuardError::widen)?;
         let (mut core, info) = match self.owner_or_result(acquired)? {
@@ -635,25 +641,28 @@ impl Guard {
             Err(done) => return Ok(done),
         };
 
-        // Run the work with the heartbeat polled next to it: no task, and no timer
-        // unless the work is still pending after its first poll.
+        // Run the work with the heartbeat polled next to it: no task is spawned, and
+        // the heartbeat (its timer and its box) only exists once the work has returned
+        // `Pending` on its first poll.
         let signal = LeaseSignal::new();
         let result = {
-            let work = AssertUnwindSafe(op(signal.clone())).catch_unwind();
-            let beat = heartbeat::run(
-                &*self.inner.store,
-                &core.id,
-                core.token,
-                opts.lease,
-                &signal,
-            );
-            tokio::pin!(work);
-            tokio::pin!(beat);
-            tokio::select! {
-                biased;
-                r = &mut work => r,
-                never = &mut beat => match never {},
-            }
+            let mut work = std::pin::pin!(AssertUnwindSafe(op(signal.clone())).catch_unwind());
+            let mut beat: Option<Pin<Box<dyn Future<Output = Infallible> + Send + '_>>> = None;
+            let (store, id, token, lease) = (&*self.inner.store, &core.id, core.token, opts.lease);
+            let signal = &signal;
+            std::future::poll_fn(move |cx| {
+                if let Poll::Ready(r) = work.as_mut().poll(cx) {
+                    return Poll::Ready(r);
+                }
+                let beat = beat.get_or_insert_with(|| {
+                    Box::pin(heartbeat::run(store, id, token, lease, signal))
+                });
+                match beat.as_mut().poll(cx) {
+                    Poll::Ready(never) => match never {},
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await
         };
         match result {
             Ok(result) => self.settle(core, result, info).await,
