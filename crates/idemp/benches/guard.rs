@@ -169,7 +169,12 @@ fn single(c: &mut Criterion) {
             panic!("fresh key")
         };
         store
-            .complete(&claim.id, token, Outcome::new(Codec::Json, body.clone()), claim.ttl)
+            .complete(
+                &claim.id,
+                token,
+                Outcome::new(Codec::Json, body.clone()),
+                claim.ttl,
+            )
             .await
             .unwrap();
     });
@@ -262,7 +267,9 @@ fn threads(c: &mut Criterion) {
                                 tokio::spawn(async move {
                                     for k in ks.iter() {
                                         let r: Receipt = guard
-                                            .run(k, || async { Ok::<_, std::io::Error>(receipt(1)) })
+                                            .run(k, || async {
+                                                Ok::<_, std::io::Error>(receipt(1))
+                                            })
                                             .await
                                             .unwrap();
                                         black_box(r);
@@ -279,54 +286,63 @@ fn threads(c: &mut Criterion) {
                 })
             })
         });
-        g.bench_with_input(BenchmarkId::new("idempotent", tasks), &tasks, |b, &tasks| {
-            use idempotent::store::IdempotencyStore;
-            b.iter_custom(|iters| {
-                rt.block_on(async {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iters {
-                        let store = Arc::new(new_idempotent());
-                        let per = OPS / tasks;
-                        let all: Vec<Vec<idempotent::IdempotencyKey>> = (0..tasks)
-                            .map(|t| {
-                                (0..per)
-                                    .map(|i| {
-                                        idempotent::IdempotencyKey::new(format!("t{t}-order-{i:09}"))
+        g.bench_with_input(
+            BenchmarkId::new("idempotent", tasks),
+            &tasks,
+            |b, &tasks| {
+                use idempotent::store::IdempotencyStore;
+                b.iter_custom(|iters| {
+                    rt.block_on(async {
+                        let mut total = Duration::ZERO;
+                        for _ in 0..iters {
+                            let store = Arc::new(new_idempotent());
+                            let per = OPS / tasks;
+                            let all: Vec<Vec<idempotent::IdempotencyKey>> = (0..tasks)
+                                .map(|t| {
+                                    (0..per)
+                                        .map(|i| {
+                                            idempotent::IdempotencyKey::new(format!(
+                                                "t{t}-order-{i:09}"
+                                            ))
                                             .unwrap()
-                                    })
-                                    .collect()
-                            })
-                            .collect();
-                        let start = Instant::now();
-                        let hs: Vec<_> = all
-                            .into_iter()
-                            .map(|ks| {
-                                let store = store.clone();
-                                tokio::spawn(async move {
-                                    for key in ks {
-                                        let entry = idempotent_entry();
-                                        let token = entry.fencing_token();
-                                        store.try_insert(&key, entry.clone()).await.unwrap();
-                                        let body = serde_json::to_vec(&receipt(1)).unwrap();
-                                        let resp = idempotent::CachedResponse {
-                                            status_code: 200,
-                                            metadata: idempotent::Metadata::default(),
-                                            body: body.into(),
-                                        };
-                                        store.complete(&key, entry.complete(resp), token).await.unwrap();
-                                    }
+                                        })
+                                        .collect()
                                 })
-                            })
-                            .collect();
-                        for h in hs {
-                            h.await.unwrap();
+                                .collect();
+                            let start = Instant::now();
+                            let hs: Vec<_> = all
+                                .into_iter()
+                                .map(|ks| {
+                                    let store = store.clone();
+                                    tokio::spawn(async move {
+                                        for key in ks {
+                                            let entry = idempotent_entry();
+                                            let token = entry.fencing_token();
+                                            store.try_insert(&key, entry.clone()).await.unwrap();
+                                            let body = serde_json::to_vec(&receipt(1)).unwrap();
+                                            let resp = idempotent::CachedResponse {
+                                                status_code: 200,
+                                                metadata: idempotent::Metadata::default(),
+                                                body: body.into(),
+                                            };
+                                            store
+                                                .complete(&key, entry.complete(resp), token)
+                                                .await
+                                                .unwrap();
+                                        }
+                                    })
+                                })
+                                .collect();
+                            for h in hs {
+                                h.await.unwrap();
+                            }
+                            total += start.elapsed();
                         }
-                        total += start.elapsed();
-                    }
-                    total
+                        total
+                    })
                 })
-            })
-        });
+            },
+        );
     }
     g.finish();
 }
@@ -362,7 +378,7 @@ fn json_64k() -> Vec<u8> {
     loop {
         items.push(serde_json::json!({
             "id": format!("msg_{:016x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
-            "role": if i % 2 == 0 { "user" } else { "assistant" },
+            "role": if i.is_multiple_of(2) { "user" } else { "assistant" },
             "content": format!("Item {i}: the quick brown fox jumps over the lazy dog {} times", i * 7 % 13),
             "usage": {"input_tokens": i * 31 % 997, "output_tokens": i * 17 % 389},
         }));

@@ -70,8 +70,8 @@ use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::task::Poll;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -203,6 +203,13 @@ impl RunInfo {
     pub fn replayed(&self) -> bool {
         self.disposition != Disposition::Executed
     }
+}
+
+/// The next step after one claim (see `Guard::classify`).
+enum Step {
+    Done(Acquired),
+    Reconcile(LeaseCore),
+    Wait(Duration),
 }
 
 /// What [`Guard::acquire`] found, before it is turned into a typed result or a
@@ -449,6 +456,10 @@ impl Guard {
     }
 
     /// Claims the key, applying the duplicate and ambiguity policies.
+    ///
+    /// The common cases (fresh claim, replay, sticky failure, mismatch, in progress
+    /// under `Replay`/`Reject`) take one store call; waiting and reconciling live in
+    /// boxed futures so that this one stays small (it is moved on every call).
     pub(crate) async fn acquire(
         &self,
         key: String,
@@ -456,7 +467,7 @@ impl Guard {
     ) -> Result<Acquired, GuardError> {
         let inner = &self.inner;
         let opts = &inner.opts;
-        let claim = Claim {
+        let mut claim = Claim {
             id: RecordKey {
                 scope: inner.scope.clone(),
                 key,
@@ -470,109 +481,139 @@ impl Guard {
             OnDuplicate::Wait(timeout) => Some(tokio::time::Instant::now() + timeout),
             _ => None,
         };
-        let reject = opts.on_duplicate == OnDuplicate::Reject;
-        let mut waited = false;
+        let found = inner.store.claim(&claim).await?;
+        match self.classify(&mut claim, found, false, deadline)? {
+            Step::Done(acquired) => Ok(acquired),
+            Step::Reconcile(core) => Box::pin(self.reconcile(core, false)).await,
+            Step::Wait(wait_for) => Box::pin(self.wait_and_claim(claim, deadline, wait_for)).await,
+        }
+    }
+
+    /// `OnDuplicate::Wait`: waits for the running execution (woken by the store),
+    /// then claims again, until settled, acquired, or the deadline.
+    async fn wait_and_claim(
+        &self,
+        mut claim: Claim,
+        deadline: Option<tokio::time::Instant>,
+        mut wait_for: Duration,
+    ) -> Result<Acquired, GuardError> {
         loop {
-            match inner.store.claim(&claim).await? {
-                ClaimOutcome::Acquired {
+            tracing::debug!(id = %claim.id, ?wait_for, "waiting for the running execution");
+            self.inner.store.wait(&claim.id, wait_for).await?;
+            let found = self.inner.store.claim(&claim).await?;
+            match self.classify(&mut claim, found, true, deadline)? {
+                Step::Done(acquired) => return Ok(acquired),
+                Step::Reconcile(core) => return self.reconcile(core, true).await,
+                Step::Wait(next) => wait_for = next,
+            }
+        }
+    }
+
+    /// Decides what a claim's answer means under the guard's policies.
+    fn classify(
+        &self,
+        claim: &mut Claim,
+        found: ClaimOutcome,
+        waited: bool,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Step, GuardError> {
+        let inner = &self.inner;
+        let opts = &inner.opts;
+        let reject = opts.on_duplicate == OnDuplicate::Reject;
+        match found {
+            ClaimOutcome::Acquired {
+                token,
+                lease_until,
+                takeover,
+                attempt,
+            } => {
+                let core = LeaseCore {
+                    inner: inner.clone(),
+                    id: std::mem::replace(&mut claim.id, RecordKey::new("", "")),
                     token,
-                    lease_until,
-                    takeover,
                     attempt,
-                } => {
-                    let core = LeaseCore {
-                        inner: inner.clone(),
-                        id: claim.id,
-                        token,
-                        attempt,
-                        takeover,
-                        lease_until,
-                        on_drop: opts.on_cancel,
-                        handle: None,
-                        armed: true,
-                    };
-                    let Some(previous) = takeover else {
-                        tracing::debug!(id = %core.id, token, "claimed");
-                        return Ok(Acquired::Owner(core, waited));
-                    };
-                    tracing::info!(id = %core.id, token, previous, attempt, "took over an expired lease");
-                    if let OnAmbiguous::Verify(reconciler) = &opts.on_ambiguous {
-                        return self.reconcile(core, reconciler, waited).await;
-                    }
-                    return Ok(Acquired::Owner(core, waited));
+                    takeover,
+                    lease_until,
+                    on_drop: opts.on_cancel,
+                    handle: None,
+                    armed: true,
+                };
+                let Some(previous) = takeover else {
+                    tracing::debug!(id = %core.id, token, "claimed");
+                    return Ok(Step::Done(Acquired::Owner(core, waited)));
+                };
+                tracing::info!(id = %core.id, token, previous, attempt, "took over an expired lease");
+                if let OnAmbiguous::Verify(_) = &opts.on_ambiguous {
+                    return Ok(Step::Reconcile(core));
                 }
-                ClaimOutcome::Mismatch(record) => {
-                    tracing::debug!(id = %record.id, "fingerprint mismatch");
-                    return Err(GuardError::Mismatch {
-                        id: record.id,
-                        stored: record.fingerprint,
-                        given: claim.fingerprint,
-                    });
-                }
-                ClaimOutcome::Existing(record) => {
-                    let lease_until = match record.state {
-                        State::InProgress { lease_until } => lease_until,
-                        _ if reject => {
-                            return Err(GuardError::Rejected {
-                                state: record.state.name(),
-                                id: record.id,
-                            });
-                        }
-                        State::Completed(outcome) => {
-                            tracing::debug!(id = %record.id, token = record.token, "replay");
-                            let info = RunInfo {
-                                disposition: Disposition::Replayed,
-                                attempt: record.attempts,
-                                token: record.token,
-                                takeover: None,
-                                waited,
-                            };
-                            return Ok(Acquired::Completed(outcome, info));
-                        }
-                        State::Failed(outcome) => {
-                            tracing::debug!(id = %record.id, token = record.token, "replay of a sticky failure");
-                            return Ok(Acquired::Failed(read_failure(
-                                &outcome,
-                                opts.encode.max_outcome_bytes,
-                            )));
-                        }
-                    };
-                    let now = opts.clock.now_ms();
-                    if lease_until <= now && matches!(opts.on_ambiguous, OnAmbiguous::Surface) {
-                        tracing::info!(id = %record.id, token = record.token, "ambiguous: surfaced to the caller");
-                        return Ok(Acquired::Ambiguous(record));
-                    }
-                    if reject {
+                Ok(Step::Done(Acquired::Owner(core, waited)))
+            }
+            ClaimOutcome::Mismatch(record) => {
+                tracing::debug!(id = %record.id, "fingerprint mismatch");
+                Err(GuardError::Mismatch {
+                    id: record.id,
+                    stored: record.fingerprint,
+                    given: claim.fingerprint,
+                })
+            }
+            ClaimOutcome::Existing(record) => {
+                let lease_until = match record.state {
+                    State::InProgress { lease_until } => lease_until,
+                    _ if reject => {
                         return Err(GuardError::Rejected {
                             state: record.state.name(),
                             id: record.id,
                         });
                     }
-                    let retry_after = Duration::from_millis(lease_until.saturating_sub(now));
-                    let Some(deadline) = deadline else {
-                        return Ok(Acquired::InProgress(retry_after, record));
-                    };
-                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    if left.is_zero() {
-                        return Ok(Acquired::InProgress(retry_after, record));
+                    State::Completed(outcome) => {
+                        tracing::debug!(id = %record.id, token = record.token, "replay");
+                        let info = RunInfo {
+                            disposition: Disposition::Replayed,
+                            attempt: record.attempts,
+                            token: record.token,
+                            takeover: None,
+                            waited,
+                        };
+                        return Ok(Step::Done(Acquired::Completed(outcome, info)));
                     }
-                    // Wake when it settles, or when its lease passes (to take it over).
-                    let wait_for = left.min(retry_after.max(Duration::from_millis(1)));
-                    tracing::debug!(id = %record.id, ?wait_for, "waiting for the running execution");
-                    waited = true;
-                    inner.store.wait(&claim.id, wait_for).await?;
+                    State::Failed(outcome) => {
+                        tracing::debug!(id = %record.id, token = record.token, "replay of a sticky failure");
+                        let failure = read_failure(&outcome, opts.encode.max_outcome_bytes);
+                        return Ok(Step::Done(Acquired::Failed(failure)));
+                    }
+                };
+                let now = opts.clock.now_ms();
+                if lease_until <= now && matches!(opts.on_ambiguous, OnAmbiguous::Surface) {
+                    tracing::info!(id = %record.id, token = record.token, "ambiguous: surfaced to the caller");
+                    return Ok(Step::Done(Acquired::Ambiguous(record)));
                 }
+                if reject {
+                    return Err(GuardError::Rejected {
+                        state: record.state.name(),
+                        id: record.id,
+                    });
+                }
+                let retry_after = Duration::from_millis(lease_until.saturating_sub(now));
+                let Some(deadline) = deadline else {
+                    return Ok(Step::Done(Acquired::InProgress(retry_after, record)));
+                };
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    return Ok(Step::Done(Acquired::InProgress(retry_after, record)));
+                }
+                // Wake when it settles, or when its lease passes (to take it over).
+                Ok(Step::Wait(
+                    left.min(retry_after.max(Duration::from_millis(1))),
+                ))
             }
         }
     }
 
     /// `OnAmbiguous::Verify`: asks the reconcile function while holding the key.
-    async fn reconcile(
-        &self,
-        mut core: LeaseCore,
-        reconciler: &Reconciler,
-        waited: bool,
-    ) -> Result<Acquired, GuardError> {
+    async fn reconcile(&self, mut core: LeaseCore, waited: bool) -> Result<Acquired, GuardError> {
+        let OnAmbiguous::Verify(reconciler) = &self.inner.opts.on_ambiguous else {
+            return Ok(Acquired::Owner(core, waited));
+        };
         // If this call is dropped or the reconcile fails, the key must stay ambiguous.
         core.on_drop = OnInterrupt::Keep;
         let answer = (reconciler.0)(core.id.clone(), self.inner.opts.encode).await;
