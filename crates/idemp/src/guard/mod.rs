@@ -65,10 +65,13 @@ mod heartbeat;
 mod manual;
 mod options;
 
+use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -200,6 +203,13 @@ impl RunInfo {
     pub fn replayed(&self) -> bool {
         self.disposition != Disposition::Executed
     }
+}
+
+/// The next step after one claim (see `Guard::classify`).
+enum Step {
+    Done(Acquired),
+    Reconcile(LeaseCore),
+    Wait(Duration),
 }
 
 /// What [`Guard::acquire`] found, before it is turned into a typed result or a
@@ -353,7 +363,7 @@ impl Guard {
         key: impl AsRef<str>,
         fingerprint: Option<Fingerprint>,
     ) -> Result<Begin, GuardError> {
-        let acquired = self.acquire(key.as_ref(), fingerprint).await?;
+        let acquired = self.acquire(key.as_ref().to_owned(), fingerprint).await?;
         Ok(match acquired {
             Acquired::Owner(core, _) => {
                 Begin::Owner(Lease::start(core, tokio::runtime::Handle::current()))
@@ -446,15 +456,22 @@ impl Guard {
     }
 
     /// Claims the key, applying the duplicate and ambiguity policies.
+    ///
+    /// The common cases (fresh claim, replay, sticky failure, mismatch, in progress
+    /// under `Replay`/`Reject`) take one store call; waiting and reconciling live in
+    /// boxed futures so that this one stays small (it is moved on every call).
     pub(crate) async fn acquire(
         &self,
-        key: &str,
+        key: String,
         fingerprint: Option<Fingerprint>,
     ) -> Result<Acquired, GuardError> {
         let inner = &self.inner;
         let opts = &inner.opts;
-        let claim = Claim {
-            id: RecordKey::new(inner.scope.as_str(), key),
+        let mut claim = Claim {
+            id: RecordKey {
+                scope: inner.scope.clone(),
+                key,
+            },
             fingerprint,
             lease: opts.lease,
             ttl: opts.ttl,
@@ -464,109 +481,139 @@ impl Guard {
             OnDuplicate::Wait(timeout) => Some(tokio::time::Instant::now() + timeout),
             _ => None,
         };
-        let reject = opts.on_duplicate == OnDuplicate::Reject;
-        let mut waited = false;
+        let found = inner.store.claim(&claim).await?;
+        match self.classify(&mut claim, found, false, deadline)? {
+            Step::Done(acquired) => Ok(acquired),
+            Step::Reconcile(core) => Box::pin(self.reconcile(core, false)).await,
+            Step::Wait(wait_for) => Box::pin(self.wait_and_claim(claim, deadline, wait_for)).await,
+        }
+    }
+
+    /// `OnDuplicate::Wait`: waits for the running execution (woken by the store),
+    /// then claims again, until settled, acquired, or the deadline.
+    async fn wait_and_claim(
+        &self,
+        mut claim: Claim,
+        deadline: Option<tokio::time::Instant>,
+        mut wait_for: Duration,
+    ) -> Result<Acquired, GuardError> {
         loop {
-            match inner.store.claim(&claim).await? {
-                ClaimOutcome::Acquired {
+            tracing::debug!(id = %claim.id, ?wait_for, "waiting for the running execution");
+            self.inner.store.wait(&claim.id, wait_for).await?;
+            let found = self.inner.store.claim(&claim).await?;
+            match self.classify(&mut claim, found, true, deadline)? {
+                Step::Done(acquired) => return Ok(acquired),
+                Step::Reconcile(core) => return self.reconcile(core, true).await,
+                Step::Wait(next) => wait_for = next,
+            }
+        }
+    }
+
+    /// Decides what a claim's answer means under the guard's policies.
+    fn classify(
+        &self,
+        claim: &mut Claim,
+        found: ClaimOutcome,
+        waited: bool,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Step, GuardError> {
+        let inner = &self.inner;
+        let opts = &inner.opts;
+        let reject = opts.on_duplicate == OnDuplicate::Reject;
+        match found {
+            ClaimOutcome::Acquired {
+                token,
+                lease_until,
+                takeover,
+                attempt,
+            } => {
+                let core = LeaseCore {
+                    inner: inner.clone(),
+                    id: std::mem::replace(&mut claim.id, RecordKey::new("", "")),
                     token,
-                    lease_until,
-                    takeover,
                     attempt,
-                } => {
-                    let core = LeaseCore {
-                        inner: inner.clone(),
-                        id: claim.id,
-                        token,
-                        attempt,
-                        takeover,
-                        lease_until,
-                        on_drop: opts.on_cancel,
-                        handle: None,
-                        armed: true,
-                    };
-                    let Some(previous) = takeover else {
-                        tracing::debug!(id = %core.id, token, "claimed");
-                        return Ok(Acquired::Owner(core, waited));
-                    };
-                    tracing::info!(id = %core.id, token, previous, attempt, "took over an expired lease");
-                    if let OnAmbiguous::Verify(reconciler) = &opts.on_ambiguous {
-                        return self.reconcile(core, reconciler, waited).await;
-                    }
-                    return Ok(Acquired::Owner(core, waited));
+                    takeover,
+                    lease_until,
+                    on_drop: opts.on_cancel,
+                    handle: None,
+                    armed: true,
+                };
+                let Some(previous) = takeover else {
+                    tracing::debug!(id = %core.id, token, "claimed");
+                    return Ok(Step::Done(Acquired::Owner(core, waited)));
+                };
+                tracing::info!(id = %core.id, token, previous, attempt, "took over an expired lease");
+                if let OnAmbiguous::Verify(_) = &opts.on_ambiguous {
+                    return Ok(Step::Reconcile(core));
                 }
-                ClaimOutcome::Mismatch(record) => {
-                    tracing::debug!(id = %record.id, "fingerprint mismatch");
-                    return Err(GuardError::Mismatch {
-                        id: record.id,
-                        stored: record.fingerprint,
-                        given: claim.fingerprint,
-                    });
-                }
-                ClaimOutcome::Existing(record) => {
-                    let lease_until = match record.state {
-                        State::InProgress { lease_until } => lease_until,
-                        _ if reject => {
-                            return Err(GuardError::Rejected {
-                                state: record.state.name(),
-                                id: record.id,
-                            });
-                        }
-                        State::Completed(outcome) => {
-                            tracing::debug!(id = %record.id, token = record.token, "replay");
-                            let info = RunInfo {
-                                disposition: Disposition::Replayed,
-                                attempt: record.attempts,
-                                token: record.token,
-                                takeover: None,
-                                waited,
-                            };
-                            return Ok(Acquired::Completed(outcome, info));
-                        }
-                        State::Failed(outcome) => {
-                            tracing::debug!(id = %record.id, token = record.token, "replay of a sticky failure");
-                            return Ok(Acquired::Failed(read_failure(
-                                &outcome,
-                                opts.encode.max_outcome_bytes,
-                            )));
-                        }
-                    };
-                    let now = opts.clock.now_ms();
-                    if lease_until <= now && matches!(opts.on_ambiguous, OnAmbiguous::Surface) {
-                        tracing::info!(id = %record.id, token = record.token, "ambiguous: surfaced to the caller");
-                        return Ok(Acquired::Ambiguous(record));
-                    }
-                    if reject {
+                Ok(Step::Done(Acquired::Owner(core, waited)))
+            }
+            ClaimOutcome::Mismatch(record) => {
+                tracing::debug!(id = %record.id, "fingerprint mismatch");
+                Err(GuardError::Mismatch {
+                    id: record.id,
+                    stored: record.fingerprint,
+                    given: claim.fingerprint,
+                })
+            }
+            ClaimOutcome::Existing(record) => {
+                let lease_until = match record.state {
+                    State::InProgress { lease_until } => lease_until,
+                    _ if reject => {
                         return Err(GuardError::Rejected {
                             state: record.state.name(),
                             id: record.id,
                         });
                     }
-                    let retry_after = Duration::from_millis(lease_until.saturating_sub(now));
-                    let Some(deadline) = deadline else {
-                        return Ok(Acquired::InProgress(retry_after, record));
-                    };
-                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    if left.is_zero() {
-                        return Ok(Acquired::InProgress(retry_after, record));
+                    State::Completed(outcome) => {
+                        tracing::debug!(id = %record.id, token = record.token, "replay");
+                        let info = RunInfo {
+                            disposition: Disposition::Replayed,
+                            attempt: record.attempts,
+                            token: record.token,
+                            takeover: None,
+                            waited,
+                        };
+                        return Ok(Step::Done(Acquired::Completed(outcome, info)));
                     }
-                    // Wake when it settles, or when its lease passes (to take it over).
-                    let wait_for = left.min(retry_after.max(Duration::from_millis(1)));
-                    tracing::debug!(id = %record.id, ?wait_for, "waiting for the running execution");
-                    waited = true;
-                    inner.store.wait(&claim.id, wait_for).await?;
+                    State::Failed(outcome) => {
+                        tracing::debug!(id = %record.id, token = record.token, "replay of a sticky failure");
+                        let failure = read_failure(&outcome, opts.encode.max_outcome_bytes);
+                        return Ok(Step::Done(Acquired::Failed(failure)));
+                    }
+                };
+                let now = opts.clock.now_ms();
+                if lease_until <= now && matches!(opts.on_ambiguous, OnAmbiguous::Surface) {
+                    tracing::info!(id = %record.id, token = record.token, "ambiguous: surfaced to the caller");
+                    return Ok(Step::Done(Acquired::Ambiguous(record)));
                 }
+                if reject {
+                    return Err(GuardError::Rejected {
+                        state: record.state.name(),
+                        id: record.id,
+                    });
+                }
+                let retry_after = Duration::from_millis(lease_until.saturating_sub(now));
+                let Some(deadline) = deadline else {
+                    return Ok(Step::Done(Acquired::InProgress(retry_after, record)));
+                };
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    return Ok(Step::Done(Acquired::InProgress(retry_after, record)));
+                }
+                // Wake when it settles, or when its lease passes (to take it over).
+                Ok(Step::Wait(
+                    left.min(retry_after.max(Duration::from_millis(1))),
+                ))
             }
         }
     }
 
     /// `OnAmbiguous::Verify`: asks the reconcile function while holding the key.
-    async fn reconcile(
-        &self,
-        mut core: LeaseCore,
-        reconciler: &Reconciler,
-        waited: bool,
-    ) -> Result<Acquired, GuardError> {
+    async fn reconcile(&self, mut core: LeaseCore, waited: bool) -> Result<Acquired, GuardError> {
+        let OnAmbiguous::Verify(reconciler) = &self.inner.opts.on_ambiguous else {
+            return Ok(Acquired::Owner(core, waited));
+        };
         // If this call is dropped or the reconcile fails, the key must stay ambiguous.
         core.on_drop = OnInterrupt::Keep;
         let answer = (reconciler.0)(core.id.clone(), self.inner.opts.encode).await;
@@ -627,7 +674,7 @@ impl Guard {
     {
         let opts = &self.inner.opts;
         let acquired = self
-            .acquire(&request.key, request.fingerprint)
+            .acquire(request.key, request.fingerprint)
             .await
             .map_err(GuardError::widen)?;
         let (mut core, info) = match self.owner_or_result(acquired)? {
@@ -635,25 +682,28 @@ impl Guard {
             Err(done) => return Ok(done),
         };
 
-        // Run the work with the heartbeat polled next to it: no task, and no timer
-        // unless the work is still pending after its first poll.
+        // Run the work with the heartbeat polled next to it: no task is spawned, and
+        // the heartbeat (its timer and its box) only exists once the work has returned
+        // `Pending` on its first poll.
         let signal = LeaseSignal::new();
         let result = {
-            let work = AssertUnwindSafe(op(signal.clone())).catch_unwind();
-            let beat = heartbeat::run(
-                &*self.inner.store,
-                &core.id,
-                core.token,
-                opts.lease,
-                &signal,
-            );
-            tokio::pin!(work);
-            tokio::pin!(beat);
-            tokio::select! {
-                biased;
-                r = &mut work => r,
-                never = &mut beat => match never {},
-            }
+            let mut work = std::pin::pin!(AssertUnwindSafe(op(signal.clone())).catch_unwind());
+            let mut beat: Option<Pin<Box<dyn Future<Output = Infallible> + Send + '_>>> = None;
+            let (store, id, token, lease) = (&*self.inner.store, &core.id, core.token, opts.lease);
+            let signal = &signal;
+            std::future::poll_fn(move |cx| {
+                if let Poll::Ready(r) = work.as_mut().poll(cx) {
+                    return Poll::Ready(r);
+                }
+                let beat = beat.get_or_insert_with(|| {
+                    Box::pin(heartbeat::run(store, id, token, lease, signal))
+                });
+                match beat.as_mut().poll(cx) {
+                    Poll::Ready(never) => match never {},
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await
         };
         match result {
             Ok(result) => self.settle(core, result, info).await,
