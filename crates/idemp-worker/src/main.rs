@@ -20,6 +20,14 @@
 //!
 //! idemp-worker inspect  --store URL --key K [--scope S]
 //!     Prints the live record as one JSON object (or `null`).
+//!
+//! idemp-worker debit    --store sqlite://PATH [--accounts N] [--crash-permille P]
+//!                       [--lease-ms L]
+//!     SQLite only. Debits each account acct0..acct(N-1) (table `accounts`, created
+//!     with balance 1000) by 1, logs the debit in table `debits`, and completes the
+//!     record with `SqliteStore::complete_in_tx` in the same transaction. Aborts the
+//!     process with chance P per mille after the claim, after the debit (before the
+//!     commit) and after the commit. Prints "DONE" when every account is settled.
 //! ```
 //!
 //! Exit status: 0 on success, 1 on any error (one line on stderr), 3 when `crash-at`
@@ -35,7 +43,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use idemp::store::{Claim, ClaimOutcome, Codec, DynStore, Outcome, Record, RecordKey, State};
+use idemp::store::{
+    Claim, ClaimOutcome, Codec, DynStore, Outcome, Record, RecordKey, State, Store, StoreError,
+    StoreUrl,
+};
+use rand::RngExt;
 use rand::seq::SliceRandom;
 
 /// Test worker for idemp's multi-process and crash tests.
@@ -54,6 +66,26 @@ enum Command {
     CrashAt(CrashArgs),
     /// Print a record as JSON.
     Inspect(InspectArgs),
+    /// SQLite only: debit accounts exactly once with `complete_in_tx`, aborting at
+    /// random points.
+    Debit(DebitArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct DebitArgs {
+    /// A sqlite://PATH store URL (the accounts live in the same file).
+    #[arg(long)]
+    store: String,
+    /// Number of accounts (acct0 … acctN-1), each debited once by 1.
+    #[arg(long, default_value_t = 100)]
+    accounts: usize,
+    /// Chance, per mille, to abort the process at each point of a debit (after the
+    /// claim, after the debit inside the transaction, after the commit).
+    #[arg(long, default_value_t = 0)]
+    crash_permille: u32,
+    /// Lease of each claim, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    lease_ms: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -156,6 +188,7 @@ fn main() -> ExitCode {
             Command::Storm(a) => storm(a).await,
             Command::CrashAt(a) => crash_at(a).await,
             Command::Inspect(a) => inspect(a).await,
+            Command::Debit(a) => debit(a).await,
         }
     });
     match result {
@@ -347,5 +380,87 @@ async fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
     let rec = store.get(&id).await?;
     let json = rec.as_ref().map_or(serde_json::Value::Null, record_json);
     println!("{json}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Aborts the process (no unwinding, no destructors: like `kill -9`) with the given
+/// chance per mille.
+fn maybe_crash(permille: u32) {
+    if permille > 0 && rand::rng().random_range(0..1000) < permille {
+        std::process::abort();
+    }
+}
+
+async fn debit(args: DebitArgs) -> anyhow::Result<ExitCode> {
+    use idemp::store::sqlite::SqliteStore;
+    use idemp::store::sqlite::rusqlite::{TransactionBehavior, params};
+
+    let StoreUrl::Sqlite { path } = args.store.parse::<StoreUrl>()? else {
+        bail!("debit needs a sqlite://PATH store, got {}", args.store);
+    };
+    let store = SqliteStore::open(&path)?;
+    let mut conn = store.connection()?;
+    {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(
+            "CREATE TABLE IF NOT EXISTS accounts (id TEXT PRIMARY KEY, balance INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS debits (id TEXT NOT NULL, token INTEGER NOT NULL,
+                                                pid INTEGER NOT NULL);",
+        )?;
+        for k in 0..args.accounts {
+            tx.execute(
+                "INSERT OR IGNORE INTO accounts (id, balance) VALUES (?1, 1000)",
+                [format!("acct{k}")],
+            )?;
+        }
+        tx.commit()?;
+    }
+    let mut order: Vec<usize> = (0..args.accounts).collect();
+    order.shuffle(&mut rand::rng());
+    let lease = Duration::from_millis(args.lease_ms);
+    let pid = std::process::id();
+    for k in order {
+        let acct = format!("acct{k}");
+        let id = RecordKey::new("debit", acct.clone());
+        let claim = Claim::new(id.clone()).lease(lease).ttl(TTL);
+        loop {
+            match store.claim(&claim).await? {
+                ClaimOutcome::Acquired { token, .. } => {
+                    maybe_crash(args.crash_permille);
+                    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    tx.execute(
+                        "UPDATE accounts SET balance = balance - 1 WHERE id = ?1",
+                        [&acct],
+                    )?;
+                    tx.execute(
+                        "INSERT INTO debits (id, token, pid) VALUES (?1, ?2, ?3)",
+                        params![acct, token as i64, pid],
+                    )?;
+                    maybe_crash(args.crash_permille);
+                    let outcome = Outcome::new(Codec::Json, b"999".to_vec());
+                    match store.complete_in_tx(&tx, &id, token, outcome, TTL) {
+                        Ok(()) => {
+                            tx.commit()?;
+                            maybe_crash(args.crash_permille);
+                            break;
+                        }
+                        // Lost the lease: roll the debit back and look again.
+                        Err(StoreError::Fenced { .. }) => drop(tx),
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                ClaimOutcome::Existing(rec) => match rec.state {
+                    State::Completed(_) => break,
+                    State::Failed(_) => bail!("{id} failed"),
+                    // A live owner, or a crashed one whose lease has not passed yet.
+                    State::InProgress { .. } => {
+                        store.wait(&id, lease).await?;
+                    }
+                },
+                ClaimOutcome::Mismatch(r) => bail!("fingerprint mismatch on {}", r.id),
+            }
+        }
+    }
+    println!("DONE");
     Ok(ExitCode::SUCCESS)
 }

@@ -251,3 +251,83 @@ fn inspect_prints_the_record_as_json() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown scheme"));
 }
+
+/// Processes debit 100 accounts in the store's file with `complete_in_tx`, aborting
+/// (as `kill -9` would) at random points; aborted workers are restarted until four
+/// runs finish. Every balance changes exactly once.
+#[test]
+fn debit_storm_with_aborting_processes_debits_each_account_once() {
+    const ACCOUNTS: usize = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bank.db");
+    let url = format!("sqlite://{}", path.display());
+    let spawn = || {
+        Command::new(WORKER)
+            .args([
+                "debit",
+                "--store",
+                &url,
+                "--accounts",
+                &ACCOUNTS.to_string(),
+            ])
+            .args(["--crash-permille", "20", "--lease-ms", "150"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn idemp-worker")
+    };
+    // Create the file once, so the four first workers race on a ready schema.
+    drop(SqliteStore::open(&path).unwrap());
+    let mut slots: Vec<_> = (0..4).map(|_| Some(spawn())).collect();
+    let mut aborted = 0;
+    let deadline = Instant::now() + Duration::from_secs(50);
+    while slots.iter().any(Option::is_some) {
+        assert!(Instant::now() < deadline, "debit storm did not finish");
+        for slot in slots.iter_mut() {
+            let Some(child) = slot.as_mut() else { continue };
+            let Some(status) = child.try_wait().unwrap() else {
+                continue;
+            };
+            if status.success() {
+                *slot = None;
+            } else {
+                let out = slot.take().unwrap().wait_with_output().unwrap();
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                assert!(
+                    stderr.trim().is_empty(),
+                    "a worker failed rather than aborted: {stderr}"
+                );
+                aborted += 1;
+                *slot = Some(spawn());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(aborted > 0, "no worker aborted: the test proved nothing");
+
+    let store = SqliteStore::open(&path).unwrap();
+    let conn = store.connection().unwrap();
+    let rows: Vec<(String, i64, i64, Option<i64>)> = conn
+        .prepare(
+            "SELECT a.id, a.balance, count(d.id), max(d.token) FROM accounts a \
+             LEFT JOIN debits d ON d.id = a.id GROUP BY a.id",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows.len(), ACCOUNTS);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for (acct, balance, debits, token) in rows {
+        assert_eq!(balance, 999, "{acct} debited {} times", 1000 - balance);
+        assert_eq!(debits, 1, "{acct}");
+        let rec = rt
+            .block_on(store.get(&RecordKey::new("debit", acct.clone())))
+            .unwrap()
+            .expect("record");
+        assert!(matches!(rec.state, State::Completed(_)), "{acct}");
+        assert_eq!(Some(rec.token as i64), token, "{acct}");
+    }
+    eprintln!("aborted workers: {aborted}");
+}
