@@ -36,8 +36,19 @@ impl Drop for SchemaGuard {
                     tokio_postgres::connect(&url, tokio_postgres::NoTls).await
                 {
                     let driver = tokio::spawn(conn);
+                    // End this schema's own leftover sessions (their application_name
+                    // names the schema: never anyone else's), then drop it.
                     let _ = client
-                        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                        .execute(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                             WHERE right(application_name, length($1::text)) = $1::text AND pid <> pg_backend_pid()",
+                            &[&schema],
+                        )
+                        .await;
+                    let _ = client
+                        .batch_execute(&format!(
+                            "SET lock_timeout = '20s'; DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+                        ))
                         .await;
                     drop(client);
                     let _ = driver.await;

@@ -729,8 +729,26 @@ fn take_pool_size(url: &str) -> StoreResult<(String, Option<usize>)> {
 /// Creates or upgrades the schema, serialised across processes by an advisory lock.
 async fn migrate(pool: &Pool, schema: &str, quoted: &str) -> StoreResult<()> {
     let mut client = pool.get().await.map_err(|e| pool_error("connect", e))?;
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| pg_error("migrate", e))?;
+    match migrate_in(&tx, schema, quoted).await {
+        Ok(()) => tx.commit().await.map_err(|e| pg_error("migrate", e)),
+        Err(e) => {
+            // Release the lock and the snapshot now, not when the connection closes.
+            let _ = tx.rollback().await;
+            Err(e)
+        }
+    }
+}
+
+async fn migrate_in(
+    tx: &deadpool_postgres::Transaction<'_>,
+    schema: &str,
+    quoted: &str,
+) -> StoreResult<()> {
     let err = |e| pg_error("migrate", e);
-    let tx = client.transaction().await.map_err(err)?;
     tx.execute(
         "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))",
         &[&format!("idemp.migrate.{schema}")],
@@ -739,7 +757,6 @@ async fn migrate(pool: &Pool, schema: &str, quoted: &str) -> StoreResult<()> {
     .map_err(err)?;
     let exists = |table: &'static str| {
         let name = format!("{quoted}.{table}");
-        let tx = &tx;
         async move {
             tx.query_one("SELECT to_regclass($1::text) IS NOT NULL", &[&name])
                 .await
@@ -790,7 +807,7 @@ async fn migrate(pool: &Pool, schema: &str, quoted: &str) -> StoreResult<()> {
         .await
         .map_err(err)?;
     }
-    tx.commit().await.map_err(err)
+    Ok(())
 }
 
 impl Core {
