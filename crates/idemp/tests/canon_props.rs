@@ -221,10 +221,10 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
         for (canon, _) in all_canonicalizers() {
-            if let Err(e) = canon.canonicalize(&bytes) {
-                if let Some(at) = e.position() {
-                    prop_assert!(at.offset <= bytes.len());
-                }
+            if let Err(e) = canon.canonicalize(&bytes)
+                && let Some(at) = e.position()
+            {
+                prop_assert!(at.offset <= bytes.len());
             }
         }
     }
