@@ -39,6 +39,7 @@ mod error;
 use std::{borrow::Borrow, fmt, str::FromStr};
 
 pub use builder::{BUILDER_DOMAIN, KeyBuilder};
+pub(crate) use compat::push_hex;
 pub use compat::{
     HASHED_KEY_LEN, NAMESPACE_ANTHROPIC, NAMESPACE_DNS, NAMESPACE_OID, NAMESPACE_URL,
     NAMESPACE_X500, random_key, scoped_key, scoped_sha256_hex, sha256_hex, uuid5_key,
