@@ -18,6 +18,19 @@
 //! [`Canonicalizer::drop_key`]) or by position ([`Canonicalizer::drop_path`], for a
 //! field whose name is also used by user data).
 //!
+//! ## What is accepted
+//!
+//! Exactly what CPython's `json.loads(bytes)` accepts, for UTF-8 input: `NaN`,
+//! `Infinity` and `-Infinity`; JSON whitespace only; no raw control characters in
+//! strings; a leading UTF-8 byte order mark is skipped; encoded lone surrogates
+//! (`ED A0 80`) are kept as lone surrogates, as Python's `surrogatepass` decoding does.
+//! Documented limits where Python has none or a variable one: nesting deeper than
+//! [`MAX_DEPTH`] (256) is an error (Python raises `RecursionError` somewhere between
+//! about 490 and 990 levels); integers of more than [`MAX_INT_DIGITS`] (4300) digits are
+//! an error, as in CPython 3.11+ (`ValueError`). UTF-16/32 input, which
+//! `json.loads(bytes)` also auto-detects, is not supported. Errors carry a byte offset,
+//! a line and a column ([`CanonError`]) and use Python's wording.
+//!
 //! ```
 //! use idemp::canon::{self, Canonicalizer, Format, Preset};
 //!
