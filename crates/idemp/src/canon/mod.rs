@@ -247,6 +247,34 @@ impl Canonicalizer {
     }
 }
 
+impl Canonicalizer {
+    /// The canonical form of an already-parsed `serde_json::Value`, with this
+    /// canonicalizer's drop rules. (It is serialized and parsed again; without drop
+    /// rules, [`write_python_value`] and [`write_jcs_value`] write a `Value` directly.)
+    ///
+    /// ```
+    /// use idemp::canon::{Canonicalizer, Format, Preset};
+    /// let value = serde_json::json!({"id": "msg_1", "content": "hé"});
+    /// let canon = Canonicalizer::new(Format::Python).preset(Preset::Anthropic);
+    /// assert_eq!(canon.canonicalize_value(&value)?, r#"{"content":"h\u00e9"}"#);
+    /// # Ok::<(), idemp::canon::CanonError>(())
+    /// ```
+    pub fn canonicalize_value(&self, value: &serde_json::Value) -> Result<String, CanonError> {
+        self.canonicalize(value_text(value))
+    }
+
+    /// The SHA-256 hex of [`canonicalize_value`](Self::canonicalize_value).
+    pub fn hash_value(&self, value: &serde_json::Value) -> Result<String, CanonError> {
+        self.hash(value_text(value))
+    }
+}
+
+fn value_text(value: &serde_json::Value) -> Vec<u8> {
+    // Serializing a Value cannot fail (its map keys are strings); its floats are
+    // written in shortest round-trip form, so they parse back to the same doubles.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
 /// llm-message-hash-py `canonical_json(json.loads(input))`: the python-compat canonical
 /// form with nothing dropped.
 ///
