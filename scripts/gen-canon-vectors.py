@@ -184,6 +184,8 @@ def jcs_expect(data: bytes, preset, drop) -> dict | None:
     try:
         # JCS numbers are IEEE doubles: parse integers as floats, as JavaScript does.
         obj = json.loads(data, parse_int=float, object_pairs_hook=no_dups)
+        # idemp's JCS requires the whole input to be I-JSON, dropped parts included.
+        rfc8785.dumps(obj)
         obj = _canonicalize(obj, opts)
         return {"canonical": rfc8785.dumps(obj).decode("utf-8")}
     except (ValueError, RecursionError, UnicodeDecodeError, UnicodeEncodeError) as e:
@@ -395,6 +397,8 @@ add("drop_everything", '{"a":{"a":1}}', drop=["a"])
 add("drop_with_preset", '{"id":1,"x":{"custom":1,"usage":2,"y":3}}', preset="anthropic", drop=["custom"])
 add("drop_top_level_scalar", '"id"', preset="anthropic")
 add("drop_in_array_of_objects", '[{"id":1},{"id":2,"k":3}]', preset="openai")
+add("drop_hides_nan_from_python_only", '{"id":NaN,"x":1}', preset="anthropic")
+add("drop_hides_lone_surrogate_from_python_only", r'{"usage":"\ud800","x":1}', preset="anthropic")
 
 # Realistic provider payloads x every preset.
 with open(os.path.join(ROOT, "bench", "data", "anthropic_request.json"), encoding="utf-8") as f:
