@@ -11,7 +11,8 @@
 //!   integers exact at any size, `NaN`/`Infinity` kept, duplicate keys: the last wins.
 //! - **jcs**: RFC 8785, the JSON Canonicalization Scheme: keys in UTF-16 order, numbers
 //!   as ECMAScript prints doubles, raw UTF-8, and errors on what I-JSON forbids
-//!   (duplicate keys, NaN, lone surrogates).
+//!   (duplicate keys, NaN, lone surrogates) anywhere in the input, in dropped parts
+//!   too: an input that is not I-JSON has no JCS form.
 //!
 //! Fields that change between attempts without changing the meaning (`id`, `usage`,
 //! `cache_control`…) are dropped first: by name at any depth (a [`Preset`] or
