@@ -37,6 +37,7 @@ fn memory() -> DynStore {
 /// a gate (to hold it running) are configurable.
 #[derive(Clone, Default)]
 struct Handler {
+    started: Arc<AtomicUsize>,
     runs: Arc<AtomicUsize>,
     per_key: Arc<Mutex<HashMap<String, usize>>>,
     statuses: Arc<Mutex<Vec<u16>>>,
@@ -47,6 +48,12 @@ struct Handler {
 impl Handler {
     fn runs(&self) -> usize {
         self.runs.load(Ordering::SeqCst)
+    }
+    /// Waits until the handler has been entered (the claim is held).
+    async fn until_started(&self) {
+        while self.started.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
     }
     fn with_statuses(self, s: &[u16]) -> Self {
         *self.statuses.lock() = s.to_vec();
@@ -80,6 +87,7 @@ impl Service<Req> for Handler {
     fn call(&mut self, req: Req) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
+            this.started.fetch_add(1, Ordering::SeqCst);
             let key = req
                 .headers()
                 .get("idempotency-key")
@@ -442,9 +450,7 @@ async fn a_duplicate_waits_then_gets_409_with_retry_after() {
         async move { send(&s, post(Some("k"), "{}")).await }
     });
     // Wait until the first request holds the claim.
-    while layer.in_flight().count() == 0 {
-        tokio::task::yield_now().await;
-    }
+    h.until_started().await;
     let dup = send(&s, post(Some("k"), "{}")).await;
     assert_eq!(dup.status, 409);
     assert_eq!(dup.headers["retry-after"], "2");
@@ -472,9 +478,7 @@ async fn a_duplicate_within_the_wait_gets_the_first_response() {
         let s = s.clone();
         async move { send(&s, post(Some("k"), "{}")).await }
     });
-    while layer.in_flight().count() == 0 {
-        tokio::task::yield_now().await;
-    }
+    h.until_started().await;
     let dup = tokio::spawn({
         let s = s.clone();
         async move { send(&s, post(Some("k"), "{}")).await }
@@ -659,9 +663,7 @@ async fn a_client_that_disconnects_does_not_cancel_the_handler() {
         let s = s.clone();
         async move { send(&s, post(Some("k"), "{}")).await }
     });
-    while layer.in_flight().count() == 0 {
-        tokio::task::yield_now().await;
-    }
+    h.until_started().await;
     // The client goes away mid-request.
     client.abort();
     assert!(client.await.unwrap_err().is_cancelled());
@@ -701,9 +703,7 @@ async fn the_heartbeat_keeps_a_slow_handler_from_being_taken_over() {
         let s = s.clone();
         async move { send(&s, post(Some("k"), "{}")).await }
     });
-    while layer.in_flight().count() == 0 {
-        tokio::task::yield_now().await;
-    }
+    h.until_started().await;
     let dup = send(&s, post(Some("k"), "{}")).await;
     let first = first.await.unwrap();
     assert!(dup.replayed());
