@@ -286,6 +286,10 @@ def builder_key(scope: str, parts) -> str:
             tag, b = 2, value.to_bytes(8, "big")
         elif kind == "i64":
             tag, b = 3, value.to_bytes(8, "big", signed=True)
+        elif kind == "json":
+            canonical = python_canonical(json.loads(value))
+            assert canonical == llm_message_hash.canonical_json(json.loads(value))
+            tag, b = 4, canonical.encode()
         else:
             raise ValueError(kind)
         h.update(bytes([tag]) + len(b).to_bytes(8, "big") + b)
@@ -312,6 +316,11 @@ def v_builder():
         ("n", [{"u64": 7}]),
         ("\U0001f980", [{"str": "\u65e5\u672c"}, {"bytes": {"hex": "ff00"}}]),
         ("big", [{"bytes": MIB}]),
+        ("agent-7", [{"str": "send_email"}, {"json": '{"to": "a@x.io", "cc": [], "n": 1.5e-07}'}]),
+        ("agent-7", [{"str": "send_email"}, {"json": '{"n": 1.5e-07, "cc": [], "to": "a@x.io"}'}]),
+        ("j", [{"json": '"x"'}]),
+        ("j", [{"str": '"x"'}]),
+        ("j", [{"json": r'{"\u00e9": ["\ud83e\udd80", null, true, -0.0, 18446744073709551615]}'}]),
     ]
     out = []
     for scope, parts in cases:

@@ -42,7 +42,7 @@
 //!     return out
 //! ```
 //!
-//! ```no_run
+//! ```
 //! use idemp::batch::custom_ids;
 //! use serde_json::json;
 //!
@@ -169,9 +169,15 @@ impl CustomIds {
 
     /// One id per request, in order; content is the python-compat canonical JSON of
     /// each request (object key order does not matter).
-    pub fn for_values(&self, requests: &[serde_json::Value]) -> Vec<String> {
+    ///
+    /// Takes a slice or any iterator of `&Value`, e.g.
+    /// `requests.iter().map(|r| &r.params)`.
+    pub fn for_values<'a, I>(&self, requests: I) -> Vec<String>
+    where
+        I: IntoIterator<Item = &'a serde_json::Value>,
+    {
         let mut canonical = Vec::with_capacity(1024);
-        self.assign(requests.iter().map(|request| {
+        self.assign(requests.into_iter().map(|request| {
             canonical.clear();
             crate::canon::write_python_value(request, &mut canonical);
             Sha256::digest(&canonical)

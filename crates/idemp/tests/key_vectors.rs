@@ -182,6 +182,7 @@ fn builder_vectors() {
                 "bytes" => b.part(data(value)),
                 "u64" => b.part_u64(value.as_u64().unwrap()),
                 "i64" => b.part_i64(value.as_i64().unwrap()),
+                "json" => b.part_json(&serde_json::from_str(text(value)).unwrap()),
                 other => panic!("unknown part kind {other}"),
             };
         }

@@ -415,3 +415,42 @@ async fn synchronous_normal_and_background_sweeper() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_write_lock_delays_then_reports_unavailable() {
+    use idemp::store::sqlite::rusqlite::TransactionBehavior;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("locked.db");
+    let patient = SqliteStore::open(&path).unwrap();
+    let impatient = SqliteStore::builder(&path)
+        .busy_timeout(Duration::from_millis(20))
+        .open()
+        .unwrap();
+    // Another connection (as another process would) holds the write lock.
+    let mut conn = patient.connection().unwrap();
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .unwrap();
+    // The impatient store gives up after its busy timeout and retries: a transient error.
+    match impatient.claim(&Claim::new(id("x"))).await {
+        Err(e @ StoreError::Unavailable(_)) => assert!(e.is_transient()),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    // The patient store waits for the lock and succeeds once it is released.
+    let waiting = {
+        let patient = patient.clone();
+        tokio::spawn(async move { patient.claim(&Claim::new(id("x"))).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the claim did not wait for the lock"
+    );
+    tx.rollback().unwrap();
+    assert!(matches!(
+        waiting.await.unwrap().unwrap(),
+        ClaimOutcome::Acquired { .. }
+    ));
+    // Reads are never blocked by a writer (WAL).
+    assert!(impatient.get(&id("x")).await.unwrap().is_some());
+}

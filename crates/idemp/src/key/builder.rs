@@ -13,6 +13,7 @@ pub const BUILDER_DOMAIN: &[u8] = b"idemp/key/v1\0";
 const TAG_BYTES: u8 = 0x01;
 const TAG_U64: u8 = 0x02;
 const TAG_I64: u8 = 0x03;
+const TAG_JSON: u8 = 0x04;
 
 /// Builds an `ik_` + 32 hex key from a scope and typed parts, injectively.
 ///
@@ -29,7 +30,9 @@ const TAG_I64: u8 = 0x03;
 /// 3. each part: `tag ‖ u64_be(len) ‖ bytes`, where the tag is `0x01` for bytes and
 ///    strings ([`part`](Self::part), [`part_str`](Self::part_str); a string is its
 ///    UTF-8 bytes), `0x02` for [`part_u64`](Self::part_u64) and `0x03` for
-///    [`part_i64`](Self::part_i64) (8 bytes, big-endian, two's complement).
+///    [`part_i64`](Self::part_i64) (8 bytes, big-endian, two's complement), and `0x04`
+///    for [`part_json`](Self::part_json) (the python-compat canonical JSON, as
+///    `json.dumps(v, sort_keys=True, separators=(",", ":"), ensure_ascii=True)`).
 ///
 /// The key is `"ik_"` + lowercase hex of the first 16 bytes of the digest. The
 /// encoding is prefix-free, so it decodes back to exactly one (scope, parts) list:
@@ -101,6 +104,24 @@ impl KeyBuilder {
     /// `part_i64(-1)` and `part_u64(u64::MAX)` give different keys.
     pub fn part_i64(self, n: i64) -> Self {
         self.tagged(TAG_I64, &n.to_be_bytes())
+    }
+
+    /// Appends a JSON value as its python-compat canonical form
+    /// ([`canon::write_python_value`](crate::canon::write_python_value)), so object key
+    /// order does not matter. It never equals a byte or string part.
+    ///
+    /// ```
+    /// use idemp::Key;
+    /// use serde_json::json;
+    ///
+    /// let a = Key::builder("agent-7").part_str("send_email").part_json(&json!({"to": "a@x.io", "cc": []})).build();
+    /// let b = Key::builder("agent-7").part_str("send_email").part_json(&json!({"cc": [], "to": "a@x.io"})).build();
+    /// assert_eq!(a, b);
+    /// ```
+    pub fn part_json(self, value: &serde_json::Value) -> Self {
+        let mut canonical = Vec::with_capacity(128);
+        crate::canon::write_python_value(value, &mut canonical);
+        self.tagged(TAG_JSON, &canonical)
     }
 
     /// How many parts were appended so far.

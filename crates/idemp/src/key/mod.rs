@@ -164,7 +164,7 @@ impl Key {
 ///
 /// Like [`scoped_key`] it is not injective when `scope` or `tool_name` holds a NUL.
 ///
-/// ```no_run
+/// ```
 /// use idemp::key::for_args;
 /// use serde_json::json;
 ///

@@ -206,6 +206,8 @@ pub(crate) fn claim(conn: &Connection, c: &Claim, now: Millis) -> OpResult<Claim
         }
         return match rec.state {
             State::InProgress { lease_until: old } if old <= now && c.take_over_expired => {
+                // A taker without a fingerprint keeps the stored one.
+                let fp = c.fingerprint.or(rec.fingerprint).map(|f| f.0.to_vec());
                 let token = next_token(conn)?;
                 let attempt = rec.attempts.saturating_add(1);
                 let mut stmt = conn.prepare_cached(

@@ -49,10 +49,7 @@ pub(crate) fn configure(conn: &Connection, opts: &SqliteOptions) -> StoreResult<
         Synchronous::Normal => "NORMAL",
     };
     conn.pragma_update(None, "synchronous", sync)
-        .map_err(map_err)?;
-    conn.pragma_update(None, "foreign_keys", "ON")
-        .map_err(map_err)?;
-    Ok(())
+        .map_err(map_err)
 }
 
 /// What a file holds, as far as idemp is concerned.
