@@ -803,3 +803,40 @@ async fn a_duplicate_of_a_crashed_request_takes_over_when_the_lease_passes() {
     assert_eq!(observer.get("taken_over"), 1);
     assert_eq!(h.runs(), 1);
 }
+
+#[tokio::test]
+async fn works_as_an_axum_router_layer() {
+    use axum::routing::post;
+    let charges = Arc::new(AtomicUsize::new(0));
+    let counted = charges.clone();
+    let app = axum::Router::new()
+        .route(
+            "/payments",
+            post(move |body: String| {
+                let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
+                async move { (StatusCode::CREATED, format!("charge {n}: {body}")) }
+            }),
+        )
+        .layer(
+            IdempotencyLayer::builder(memory())
+                .require_key(true)
+                .build(),
+        );
+    let req = || {
+        Request::post("/payments")
+            .header("idempotency-key", "order-42")
+            .body(axum::body::Body::from("10 EUR"))
+            .unwrap()
+    };
+    let first = app.clone().oneshot(req()).await.unwrap();
+    assert_eq!(first.status(), 201);
+    let first = first.into_body().collect().await.unwrap().to_bytes();
+    let again = app.clone().oneshot(req()).await.unwrap();
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.into_body().collect().await.unwrap().to_bytes(), first);
+    let keyless = Request::post("/payments")
+        .body(axum::body::Body::from("10 EUR"))
+        .unwrap();
+    assert_eq!(app.oneshot(keyless).await.unwrap().status(), 400);
+    assert_eq!(charges.load(Ordering::SeqCst), 1);
+}
