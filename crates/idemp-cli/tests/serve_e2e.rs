@@ -354,10 +354,10 @@ async fn upstream_timeout_is_504_and_releases() {
     let up = Upstream::start().await;
     let proxy = Proxy::start(
         &up.url(),
-        &["--store", "memory:", "--upstream-timeout", "200ms"],
+        &["--store", "memory:", "--upstream-timeout", "700ms"],
     );
     let c = client();
-    let res = post_until_settled(&c, &proxy.url("/charge?delay_ms=2000"), "slow", "{}").await;
+    let res = post_until_settled(&c, &proxy.url("/charge?delay_ms=5000"), "slow", "{}").await;
     assert_eq!(res.status(), 504);
     let p: serde_json::Value = res.json().await.unwrap();
     assert_eq!(p["type"], "https://idemp.dev/problems/upstream-timeout");
