@@ -10,6 +10,11 @@
 //! ([`RunningProxy`]) for a graceful shutdown; [`run`] is the command: it starts the
 //! proxy, prints where it listens, and shuts down gracefully on SIGTERM or SIGINT
 //! (in-flight requests finish and settle their records).
+//!
+//! Logging: one line per request at info (target `idemp::access`) on stderr, text or
+//! JSON (`--log-format`); the filter is `IDEMP_LOG` (tracing-subscriber syntax,
+//! default `info`). `IDEMP_WORKER_THREADS` sets the runtime's worker threads
+//! (default: one per core).
 
 mod admin;
 mod config;
