@@ -192,13 +192,19 @@ impl Counter {
     }
 }
 
-/// A store that fails every operation as unreachable.
-#[derive(Debug)]
-struct DownStore;
+/// A store that fails every operation as unreachable (or, when `refuse`, refuses
+/// every claim as an invalid argument).
+#[derive(Debug, Default)]
+struct DownStore {
+    refuse: bool,
+}
 
 #[async_trait]
 impl Store for DownStore {
     async fn claim(&self, _: &Claim) -> StoreResult<ClaimOutcome> {
+        if self.refuse {
+            return Err(StoreError::Invalid("key too long for this store".into()));
+        }
         Err(StoreError::Unavailable("connection refused".into()))
     }
     async fn complete(&self, _: &RecordKey, _: Token, _: Outcome, _: Duration) -> StoreResult<()> {
@@ -618,7 +624,7 @@ async fn store_down_fails_closed_with_503_or_open_when_configured() {
     let h = Handler::default();
     let observer = Arc::new(Counter::default());
     let closed = svc(
-        &IdempotencyLayer::builder(Arc::new(DownStore))
+        &IdempotencyLayer::builder(Arc::new(DownStore::default()))
             .observer(observer.clone())
             .store_retry_after(Duration::from_secs(3))
             .build(),
@@ -635,7 +641,7 @@ async fn store_down_fails_closed_with_503_or_open_when_configured() {
     assert_eq!(observer.get("store_unavailable"), 1);
 
     let open = svc(
-        &IdempotencyLayer::builder(Arc::new(DownStore))
+        &IdempotencyLayer::builder(Arc::new(DownStore::default()))
             .fail_open(true)
             .observer(observer.clone())
             .build(),
@@ -648,6 +654,18 @@ async fn store_down_fails_closed_with_503_or_open_when_configured() {
     assert_eq!(got.json()["len"], 7);
     assert_eq!(h.runs(), 1);
     assert_eq!(observer.get("failed_open"), 1);
+
+    // A key the store refuses is the client's problem: 400, even when failing open.
+    let refusing = svc(
+        &IdempotencyLayer::builder(Arc::new(DownStore { refuse: true }))
+            .fail_open(true)
+            .build(),
+        &h,
+    );
+    let got = send(&refusing, post(Some("k"), "{}")).await;
+    assert_eq!(got.status, 400);
+    assert_eq!(got.problem_type(), "https://idemp.dev/problems/invalid-key");
+    assert_eq!(h.runs(), 1);
 }
 
 // ---------------------------------------------------------------------------------

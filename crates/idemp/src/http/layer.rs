@@ -418,6 +418,15 @@ where
         let claimed = config.store.claim(&claim).await;
         observer.store_latency(StoreOp::Claim, t0.elapsed(), claimed.is_ok());
         match claimed {
+            // The store refuses this key (too long for it, a character it cannot
+            // hold): the client's problem, not an outage.
+            Err(StoreError::Invalid(reason)) => {
+                observer.event(Event::InvalidKey);
+                return Ok(problem(
+                    Problem::new(ProblemKind::InvalidKey)
+                        .detail(format!("the store refused this key: {reason}")),
+                ));
+            }
             Err(e) => {
                 if config.fail_open {
                     tracing::warn!(error = %e, "idempotency store failed; passing through (fail open)");
