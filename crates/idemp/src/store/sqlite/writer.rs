@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use super::ops;
+use super::ops::{self, TokenSeq};
 use super::waiters::Waiters;
 use super::{SqliteOptions, map_err};
 use crate::clock::{Millis, SharedClock};
@@ -177,16 +177,23 @@ impl Writer {
 
     fn run_batch(&mut self, jobs: &[Job]) -> Result<Vec<StoreResult<Reply>>, BatchError> {
         begin_immediate(&self.conn).map_err(BatchError::Lock)?;
+        let mut seq: Option<TokenSeq> = None;
         let mut out = Vec::with_capacity(jobs.len());
         for job in jobs {
             let now = self.clock.now_ms();
-            match apply(&self.conn, &job.op, now) {
+            match apply(&self.conn, &job.op, now, &mut seq) {
                 Ok(r) => out.push(r),
                 Err(e) => {
                     rollback(&self.conn);
                     return Err(BatchError::Op(map_err(e)));
                 }
             }
+        }
+        if let Some(seq) = seq.as_mut()
+            && let Err(e) = seq.store(&self.conn)
+        {
+            rollback(&self.conn);
+            return Err(BatchError::Op(map_err(e)));
         }
         if let Err(e) = self.conn.execute_batch("COMMIT") {
             rollback(&self.conn);
@@ -242,10 +249,22 @@ pub(crate) fn is_busy(e: &rusqlite::Error) -> bool {
     )
 }
 
-/// Applies one operation inside the current transaction.
-fn apply(conn: &Connection, op: &Op, now: Millis) -> rusqlite::Result<StoreResult<Reply>> {
+/// Applies one operation inside the current transaction; `seq` is the token counter,
+/// loaded by the first claim of the transaction.
+fn apply(
+    conn: &Connection,
+    op: &Op,
+    now: Millis,
+    seq: &mut Option<TokenSeq>,
+) -> rusqlite::Result<StoreResult<Reply>> {
     Ok(match op {
-        Op::Claim(c) => ops::claim(conn, c, now)?.map(Reply::Claim),
+        Op::Claim(c) => {
+            let seq = match seq {
+                Some(s) => s,
+                None => seq.insert(TokenSeq::load(conn)?),
+            };
+            ops::claim(conn, c, now, seq)?.map(Reply::Claim)
+        }
         Op::Settle {
             id,
             token,
