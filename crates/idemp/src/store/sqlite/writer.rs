@@ -12,6 +12,7 @@
 //! failing job cannot take the others down with it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
@@ -65,6 +66,13 @@ pub(crate) struct Job {
     pub(crate) reply: oneshot::Sender<StoreResult<Reply>>,
 }
 
+/// Counters of the writer, shared with the store.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) commits: AtomicU64,
+    pub(crate) operations: AtomicU64,
+}
+
 /// How many times `BEGIN IMMEDIATE` is retried after the busy timeout ran out.
 const BUSY_RETRIES: u32 = 3;
 
@@ -74,6 +82,7 @@ pub(crate) struct Writer {
     jobs: Receiver<Job>,
     clock: SharedClock,
     waiters: Arc<Waiters>,
+    counters: Arc<Counters>,
     max_batch: usize,
     linger: Duration,
 }
@@ -84,12 +93,14 @@ impl Writer {
         jobs: Receiver<Job>,
         opts: &SqliteOptions,
         waiters: Arc<Waiters>,
+        counters: Arc<Counters>,
     ) -> Self {
         Self {
             conn,
             jobs,
             clock: opts.clock.clone(),
             waiters,
+            counters,
             max_batch: opts.max_batch.max(1),
             linger: opts.batch_linger,
         }
@@ -199,6 +210,10 @@ impl Writer {
             rollback(&self.conn);
             return Err(BatchError::Commit(map_err(e)));
         }
+        self.counters.commits.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .operations
+            .fetch_add(jobs.len() as u64, Ordering::Relaxed);
         Ok(out)
     }
 }
