@@ -75,6 +75,9 @@ fn bench(c: &mut Criterion) {
                 after.commits - before.commits,
                 after.operations - before.operations,
             );
+            if commits == 0 {
+                continue; // filtered out
+            }
             eprintln!(
                 "group commit, {name}/{tasks}: {:.1} operations per commit ({ops} in {commits})",
                 ops as f64 / commits.max(1) as f64

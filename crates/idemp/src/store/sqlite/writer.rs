@@ -73,6 +73,9 @@ pub(crate) struct Counters {
     pub(crate) operations: AtomicU64,
 }
 
+/// How many times the writer yields to let more jobs join a batch (see `fill`).
+const YIELD_ROUNDS: usize = 4;
+
 /// How many times `BEGIN IMMEDIATE` is retried after the busy timeout ran out.
 const BUSY_RETRIES: u32 = 3;
 
@@ -117,26 +120,52 @@ impl Writer {
     }
 
     /// Takes the jobs already waiting; with a linger, waits up to that long for more.
+    ///
+    /// Under concurrency (more than one job waiting), the writer also yields its CPU a
+    /// few times while new jobs keep arriving: the callers just answered by the
+    /// previous commit are then able to send their next operation into this batch
+    /// rather than the next one (on two cores this doubles the operations per fsync).
+    /// A lone caller never waits.
     fn fill(&self, batch: &mut Vec<Job>) {
-        let deadline = Instant::now() + self.linger;
-        while batch.len() < self.max_batch {
-            match self.jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(TryRecvError::Disconnected) => return,
-                Err(TryRecvError::Empty) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return;
-                    }
-                    match self.jobs.recv_timeout(deadline - now) {
-                        Ok(job) => batch.push(job),
-                        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
-                            return;
-                        }
-                    }
+        if !self.drain(batch) {
+            return;
+        }
+        if batch.len() > 1 {
+            for _ in 0..YIELD_ROUNDS {
+                let before = batch.len();
+                std::thread::yield_now();
+                if !self.drain(batch) || batch.len() == before {
+                    break;
                 }
             }
         }
+        let deadline = Instant::now() + self.linger;
+        while batch.len() < self.max_batch {
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            match self.jobs.recv_timeout(deadline - now) {
+                Ok(job) => batch.push(job),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return,
+            }
+            if !self.drain(batch) {
+                return;
+            }
+        }
+    }
+
+    /// Moves every waiting job into the batch (up to `max_batch`); `false` when the
+    /// batch is full or the channel is closed.
+    fn drain(&self, batch: &mut Vec<Job>) -> bool {
+        while batch.len() < self.max_batch {
+            match self.jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(TryRecvError::Empty) => return true,
+                Err(TryRecvError::Disconnected) => return false,
+            }
+        }
+        false
     }
 
     fn execute(&mut self, batch: &mut Vec<Job>) {
