@@ -265,3 +265,23 @@ fn suite_catches_a_wrong_token() {
     );
     assert_caught(&msg, "release_frees_the_key", "release");
 }
+
+#[test]
+fn model_case_catches_broken_stores() {
+    for how in [
+        Breakage::IgnoresFencing,
+        Breakage::FailReleases,
+        Breakage::DropsFingerprint,
+        Breakage::WrongToken,
+    ] {
+        let msg = failure_of(
+            |f| async move { idemp::testkit::random_operations_match_the_model(&f).await },
+            how,
+        );
+        assert_caught(
+            &msg,
+            "random_operations_match_the_model",
+            "operations so far",
+        );
+    }
+}

@@ -52,6 +52,9 @@ fn shard_count_is_a_power_of_two() {
             .shard_count(),
         1 << 16
     );
+    let presized = MemoryStore::builder().shards(4).capacity(10_000).build();
+    assert_eq!(presized.shard_count(), 4);
+    assert_eq!(presized.entry_count(), 0);
     let default = MemoryStore::new().shard_count();
     assert!(default.is_power_of_two() && default >= 4, "{default}");
 }

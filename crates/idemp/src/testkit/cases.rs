@@ -562,46 +562,57 @@ pub async fn fenced_after_release_and_purge<F: StoreFactory + ?Sized>(factory: &
     .await
 }
 
-/// A settled record has no owner: complete, fail, release and renew with the token
-/// that settled it get `Fenced` and change nothing.
+/// A settled record has no owner: release and renew with the token that settled it,
+/// and settling it in the other state, get `Fenced` and change nothing. Repeating the
+/// same settle with the same token (a retry after a lost reply) either succeeds without
+/// changing anything or gets `Fenced` with `current` = that token.
 pub async fn settled_record_has_no_owner<F: StoreFactory + ?Sized>(factory: &F) {
     with_env(factory, "settled_record_has_no_owner", |env| async move {
         let s = &env.store;
         for settle in ["complete", "fail"] {
             let id = env.id(settle);
             let a = env.acquire(&env.claim(&id)).await;
-            let r = if settle == "complete" {
-                s.complete(&id, a.token, raw(b"first"), long_ttl()).await
-            } else {
-                s.fail(&id, a.token, raw(b"first"), long_ttl()).await
+            let settle_with = |completed: bool, bytes: &'static [u8]| {
+                let (s, id) = (Arc::clone(&env.store), id.clone());
+                async move {
+                    if completed {
+                        s.complete(&id, a.token, raw(bytes), long_ttl()).await
+                    } else {
+                        s.fail(&id, a.token, raw(bytes), long_ttl()).await
+                    }
+                }
             };
+            let completed = settle == "complete";
+            let r = settle_with(completed, b"first").await;
             env.ok(&id, settle, r);
             let before = env.get_some(&id).await;
             let cur = Some(a.token);
-            env.expect_fenced(
+            // The same settle again: an idempotent retry.
+            match settle_with(completed, b"second").await {
+                Ok(()) => {}
+                r => env.expect_fenced(&id, &format!("repeated {settle}"), a.token, cur, r),
+            }
+            let after = env.get_some(&id).await;
+            env.check_eq(
                 &id,
-                "second complete",
-                a.token,
-                cur,
-                s.complete(&id, a.token, raw(b"second"), long_ttl()).await,
+                &format!("record after a repeated {settle}"),
+                &after,
+                &before,
             );
+            // The other settle, release and renew: fenced.
+            let other = if completed { "fail" } else { "complete" };
+            let r = settle_with(!completed, b"second").await;
+            env.expect_fenced(&id, &format!("{other} after {settle}"), a.token, cur, r);
             env.expect_fenced(
                 &id,
-                "fail after settle",
-                a.token,
-                cur,
-                s.fail(&id, a.token, raw(b"second"), long_ttl()).await,
-            );
-            env.expect_fenced(
-                &id,
-                "release after settle",
+                &format!("release after {settle}"),
                 a.token,
                 cur,
                 s.release(&id, a.token).await,
             );
             env.expect_fenced(
                 &id,
-                "renew after settle",
+                &format!("renew after {settle}"),
                 a.token,
                 cur,
                 s.renew(&id, a.token, env.units(10)).await,

@@ -55,9 +55,16 @@
 //! * **Fingerprints**: a claim is a [`Mismatch`](crate::store::ClaimOutcome::Mismatch)
 //!   only when both the claim and the stored record carry a fingerprint and they
 //!   differ; a missing fingerprint on either side matches.
-//! * **Settled records have no owner**: `complete`, `fail`, `release` and `renew` on a
-//!   settled record fail with [`StoreError::Fenced`] (with `current` = the record's
-//!   token) and change nothing, even with the token that settled it.
+//! * **Settled records have no owner**: `release` and `renew` on a settled record, and
+//!   settling it in the other state, fail with [`StoreError::Fenced`] (with `current` =
+//!   the record's token) and change nothing, even with the token that settled it. The
+//!   same `complete` (or `fail`) repeated with the token that settled it (a retry after
+//!   a lost reply) either succeeds without changing anything (Redis) or gets `Fenced`
+//!   with `current` = that token (memory): both mean "settled by you".
+//! * **`Fenced::current` is never stale in a way that names the caller**: a caller
+//!   fenced by a takeover must see the successor's token, never its own (a store that
+//!   reads `current` from the failed statement's snapshot gets this wrong under races;
+//!   `storm_fencing` catches it).
 //! * **An expired lease that nobody took over is still owned**: its owner may renew,
 //!   complete, fail or release it.
 //! * **`Fenced::current`** is the record's current token, or `None` when the record is
@@ -89,9 +96,11 @@ use crate::store::{
 };
 
 mod cases;
+mod model;
 mod storm;
 
 pub use cases::*;
+pub use model::*;
 pub use storm::*;
 
 /// How the suite controls a store's notion of time.
@@ -185,6 +194,10 @@ pub struct KitConfig {
     pub wait_timeout: Duration,
     /// Sizes of the concurrency storms.
     pub storm: StormConfig,
+    /// Random sequences run by [`random_operations_match_the_model`] (default 40).
+    pub model_runs: usize,
+    /// Operations per sequence (default 60).
+    pub model_steps: usize,
 }
 
 impl Default for KitConfig {
@@ -193,6 +206,8 @@ impl Default for KitConfig {
             real_time_unit: Duration::from_millis(150),
             wait_timeout: Duration::from_secs(10),
             storm: StormConfig::default(),
+            model_runs: 40,
+            model_steps: 60,
         }
     }
 }
@@ -211,6 +226,12 @@ impl KitConfig {
     /// Sets the storm sizes.
     pub fn storm(mut self, storm: StormConfig) -> Self {
         self.storm = storm;
+        self
+    }
+    /// Sets [`model_runs`](Self::model_runs) and [`model_steps`](Self::model_steps).
+    pub fn model(mut self, runs: usize, steps: usize) -> Self {
+        self.model_runs = runs;
+        self.model_steps = steps;
         self
     }
 }
@@ -313,6 +334,7 @@ pub const CASES: &[&str] = &[
     "odd_keys_round_trip",
     "distinct_ids_never_collide",
     "hot_key_has_one_owner",
+    "random_operations_match_the_model",
     "storm_exactly_once",
     "storm_with_release",
     "storm_fencing",
@@ -345,6 +367,7 @@ pub async fn run_all<F: StoreFactory + ?Sized>(factory: &F) {
     odd_keys_round_trip(factory).await;
     distinct_ids_never_collide(factory).await;
     hot_key_has_one_owner(factory).await;
+    random_operations_match_the_model(factory).await;
     storm_exactly_once(factory).await;
     storm_with_release(factory).await;
     storm_fencing(factory).await;
@@ -400,6 +423,7 @@ macro_rules! conformance_tests {
             odd_keys_round_trip,
             distinct_ids_never_collide,
             hot_key_has_one_owner,
+            random_operations_match_the_model,
             storm_exactly_once,
             storm_with_release,
             storm_fencing,

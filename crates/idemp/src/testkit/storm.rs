@@ -335,6 +335,11 @@ pub async fn storm_fencing<F: StoreFactory + ?Sized>(factory: &F) {
                                         *winner[k].lock() = Some((old, value));
                                     }
                                     Err(StoreError::Fenced { current: Some(cur), .. }) if cur > old => {}
+                                    Err(StoreError::Fenced { current: Some(cur), .. }) if cur == old => env.fail(&id, format!(
+                                        "paused owner's complete was fenced, but Fenced.current names its own token {old}: \
+                                         `current` must be the successor's token (read it after the failed \
+                                         compare-and-set, not from the statement's snapshot)"
+                                    )),
                                     other => env.fail(&id, format!("paused owner's complete: expected Ok or Fenced by a larger token, got {other:?}")),
                                 }
                             }
