@@ -454,3 +454,44 @@ async fn a_held_write_lock_delays_then_reports_unavailable() {
     // Reads are never blocked by a writer (WAL).
     assert!(impatient.get(&id("x")).await.unwrap().is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_operation_does_not_fail_its_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("poison.db")).unwrap();
+    // A trigger makes every write of one key fail with a database error.
+    store
+        .connection()
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER poison BEFORE INSERT ON idemp_records WHEN NEW.key = 'poison'
+             BEGIN SELECT RAISE(ABORT, 'poisoned key'); END;",
+        )
+        .unwrap();
+    // Many concurrent claims share batches with the poisoned one.
+    let handles: Vec<_> = (0..64)
+        .map(|i| {
+            let store = store.clone();
+            let key = if i == 17 {
+                "poison".to_string()
+            } else {
+                format!("k{i}")
+            };
+            tokio::spawn(async move { (key.clone(), store.claim(&Claim::new(id(&key))).await) })
+        })
+        .collect();
+    for h in handles {
+        let (key, result) = h.await.unwrap();
+        match (key.as_str(), result) {
+            ("poison", Err(StoreError::Backend(e))) => {
+                assert!(e.to_string().contains("poisoned key"), "{e}")
+            }
+            ("poison", other) => panic!("poison: {other:?}"),
+            (_, Ok(ClaimOutcome::Acquired { .. })) => {}
+            (k, other) => panic!("{k}: {other:?}"),
+        }
+    }
+    assert_eq!(store.stats().await.unwrap().in_progress, 63);
+    let gc = store.group_commit_stats();
+    assert_eq!(gc.operations, 63, "only the committed operations count");
+}
