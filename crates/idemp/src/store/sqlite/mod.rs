@@ -233,7 +233,12 @@ impl SqliteStoreBuilder {
 
 /// The SQLite store. See the [module docs](self).
 ///
-/// Cloning is cheap and shares the writer thread.
+/// Cloning is cheap and shares the writer thread. Dropping the last clone closes the
+/// channel and waits for the writer to finish its current batch and close the file.
+///
+/// An operation whose future is dropped after it was sent (a cancelled `claim`, for
+/// instance) still runs: a claim acquired that way is never settled by its caller
+/// and becomes ambiguous when its lease passes, as after a crash.
 #[derive(Clone)]
 pub struct SqliteStore {
     inner: Arc<Inner>,
