@@ -495,3 +495,37 @@ async fn a_failing_operation_does_not_fail_its_batch() {
     let gc = store.group_commit_stats();
     assert_eq!(gc.operations, 63, "only the committed operations count");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_cancelled_before_it_runs_is_skipped() {
+    use idemp::store::sqlite::rusqlite::TransactionBehavior;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("cancel.db")).unwrap();
+    // Hold the write lock so that the writer cannot run anything yet.
+    let mut conn = store.connection().unwrap();
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .unwrap();
+    let first = {
+        let store = store.clone();
+        tokio::spawn(async move { store.claim(&Claim::new(id("first"))).await })
+    };
+    // Sent, then abandoned by its caller while the writer waits for the lock.
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(50),
+        store.claim(&Claim::new(id("cancelled"))),
+    )
+    .await;
+    assert!(cancelled.is_err(), "the claim cannot have run yet");
+    tx.rollback().unwrap();
+    assert!(matches!(
+        first.await.unwrap().unwrap(),
+        ClaimOutcome::Acquired { .. }
+    ));
+    // Nobody owns a record for the cancelled claim.
+    assert!(store.get(&id("cancelled")).await.unwrap().is_none());
+    assert!(matches!(
+        store.claim(&Claim::new(id("cancelled"))).await.unwrap(),
+        ClaimOutcome::Acquired { attempt: 1, .. }
+    ));
+}

@@ -236,9 +236,10 @@ impl SqliteStoreBuilder {
 /// Cloning is cheap and shares the writer thread. Dropping the last clone closes the
 /// channel and waits for the writer to finish its current batch and close the file.
 ///
-/// An operation whose future is dropped after it was sent (a cancelled `claim`, for
-/// instance) still runs: a claim acquired that way is never settled by its caller
-/// and becomes ambiguous when its lease passes, as after a crash.
+/// Cancellation: a `claim` whose future is dropped before the writer reaches it is
+/// skipped; one dropped later may have acquired the key, which then nobody settles
+/// and becomes ambiguous when its lease passes, as after a crash. Other operations
+/// run once sent, even if their future is dropped.
 #[derive(Clone)]
 pub struct SqliteStore {
     inner: Arc<Inner>,

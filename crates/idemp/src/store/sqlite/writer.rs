@@ -219,10 +219,20 @@ impl Writer {
         begin_immediate(&self.conn).map_err(BatchError::Lock)?;
         let mut seq: Option<TokenSeq> = None;
         let mut out = Vec::with_capacity(jobs.len());
+        let mut applied = 0u64;
         for job in jobs {
+            // A claim whose caller is gone (its future was dropped) would create a
+            // record nobody settles: skip it. Other operations run regardless.
+            if matches!(job.op, Op::Claim(_)) && job.reply.is_closed() {
+                out.push(Err(StoreError::Unavailable("claim cancelled".into())));
+                continue;
+            }
             let now = self.clock.now_ms();
             match apply(&self.conn, &job.op, now, &mut seq) {
-                Ok(r) => out.push(r),
+                Ok(r) => {
+                    applied += 1;
+                    out.push(r);
+                }
                 Err(e) => {
                     rollback(&self.conn);
                     return Err(BatchError::Op(map_err(e)));
@@ -242,7 +252,7 @@ impl Writer {
         self.counters.commits.fetch_add(1, Ordering::Relaxed);
         self.counters
             .operations
-            .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+            .fetch_add(applied, Ordering::Relaxed);
         Ok(out)
     }
 }
