@@ -1016,3 +1016,89 @@ fn the_blocking_api_runs_once_and_releases_on_panic() {
         .unwrap_err();
     assert!(matches!(err, GuardError::Operation(_)));
 }
+
+#[derive(Clone, Serialize)]
+struct Invoice {
+    user: u64,
+    amount_cents: u64,
+}
+
+#[tokio::test]
+async fn guarded_functions_key_by_a_custom_function_or_by_arguments() {
+    let (b, _) = manual("create_invoice");
+    let guard = b.build();
+    let fx = Effects::default();
+    let per_user = guard.func(
+        |inv: &Invoice| format!("invoice:{}", inv.user),
+        |inv: Invoice| {
+            let fx = fx.clone();
+            async move {
+                fx.hit();
+                Res::Ok(inv.amount_cents)
+            }
+        },
+    );
+    let a = per_user
+        .call(Invoice {
+            user: 1,
+            amount_cents: 100,
+        })
+        .await
+        .unwrap();
+    let b2 = per_user
+        .call(Invoice {
+            user: 1,
+            amount_cents: 999,
+        })
+        .await
+        .unwrap();
+    let c = per_user
+        .call(Invoice {
+            user: 2,
+            amount_cents: 5,
+        })
+        .await
+        .unwrap();
+    assert_eq!((a, b2, c, fx.count()), (100, 100, 5, 2));
+    assert_eq!(
+        per_user
+            .key(&Invoice {
+                user: 7,
+                amount_cents: 0
+            })
+            .unwrap(),
+        "invoice:7"
+    );
+
+    let by_args = guard.func_args(|inv: Invoice| {
+        let fx = fx.clone();
+        async move {
+            fx.hit();
+            Res::Ok(inv.amount_cents * 2)
+        }
+    });
+    let (x, info) = by_args
+        .call_detailed(Invoice {
+            user: 1,
+            amount_cents: 100,
+        })
+        .await
+        .unwrap();
+    assert_eq!((x, info.disposition), (200, Disposition::Executed));
+    let (y, info) = by_args
+        .call_detailed(Invoice {
+            user: 1,
+            amount_cents: 100,
+        })
+        .await
+        .unwrap();
+    assert_eq!((y, info.disposition), (200, Disposition::Replayed));
+    let z = by_args
+        .call(Invoice {
+            user: 1,
+            amount_cents: 101,
+        })
+        .await
+        .unwrap();
+    assert_eq!((z, fx.count()), (202, 4));
+}

@@ -20,7 +20,10 @@ use super::compress;
 /// JSON is the default: it round-trips every serde type (including
 /// `serde_json::Value`, untagged enums and `#[serde(flatten)]`, which postcard
 /// cannot decode), and stored records stay readable with `idemp records`.
-/// Postcard is smaller and somewhat faster (see `benches/guard.rs`) for plain structs.
+/// Postcard is smaller and faster for plain structs: on a 3-field receipt, 13 bytes
+/// instead of 50, and an encode+decode round trip of ~175 ns instead of ~290 ns
+/// (`benches/guard.rs`, group `codec`, on a shared 2-core machine); choose it when
+/// results are plain structs and every nanosecond counts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ValueCodec {

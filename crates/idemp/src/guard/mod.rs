@@ -52,7 +52,8 @@
 //!
 //! * the closure API: [`Guard::run`], [`run_with`](Guard::run_with) (the work gets a
 //!   [`LeaseSignal`]), [`run_detailed`](Guard::run_detailed) (returns [`RunInfo`]),
-//!   [`run_args`](Guard::run_args) (key derived from serializable arguments);
+//!   [`run_args`](Guard::run_args) (key derived from serializable arguments), and
+//!   [`Guard::func`] / [`Guard::func_args`], a guarded function (the decorator);
 //! * the manual API: [`Guard::begin`] → [`Begin::Owner`]`(`[`Lease`]`)`, for work that
 //!   does not fit a closure (HTTP layers, queue consumers);
 //! * the blocking API: [`Guard::blocking`] → [`BlockingGuard`], for sync code.
@@ -61,6 +62,7 @@ mod blocking;
 mod codec;
 mod compress;
 mod error;
+mod func;
 mod heartbeat;
 mod manual;
 mod options;
@@ -87,6 +89,7 @@ use crate::store::{
 pub use blocking::BlockingGuard;
 pub use codec::{CodecError, ValueCodec};
 pub use error::{GuardError, StoredFailure};
+pub use func::GuardedFn;
 pub use heartbeat::LeaseSignal;
 pub use manual::{Begin, Lease, Replay, Resolution, Resolved};
 pub use options::{GuardBuilder, OnAmbiguous, OnDuplicate, OnFailure, OnInterrupt, Reconciler};
