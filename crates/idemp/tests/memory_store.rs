@@ -52,6 +52,9 @@ fn shard_count_is_a_power_of_two() {
             .shard_count(),
         1 << 16
     );
+    let presized = MemoryStore::builder().shards(4).capacity(10_000).build();
+    assert_eq!(presized.shard_count(), 4);
+    assert_eq!(presized.entry_count(), 0);
     let default = MemoryStore::new().shard_count();
     assert!(default.is_power_of_two() && default >= 4, "{default}");
 }
@@ -185,6 +188,73 @@ async fn wait_is_woken_by_complete_release_and_purge() {
             "{action}: waiters ran into their timeout instead of being notified"
         );
     }
+}
+
+/// Waiters racing with settles on other threads: a lost wake-up would leave a waiter
+/// to run into its 60 s timeout and return the in-progress record, which fails here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_lost_wakeups_under_concurrency() {
+    let store = Arc::new(MemoryStore::builder().shards(4).build());
+    let keys = 2000usize;
+    let expected = |k: usize| match k % 4 {
+        3 => None,
+        0 | 2 => Some(State::Completed(outcome(b"even"))),
+        _ => Some(State::Completed(outcome(b"odd"))),
+    };
+    let mut waiters = Vec::new();
+    let mut settlers = Vec::new();
+    for k in 0..keys {
+        let key = id(&format!("w{k}"));
+        let token = acquire(&store, &Claim::new(key.clone())).await;
+        for _ in 0..3 {
+            let (store, key) = (store.clone(), key.clone());
+            waiters.push(tokio::spawn(async move {
+                let rec = store.wait(&key, Duration::from_secs(60)).await.unwrap();
+                (k, rec.map(|r| r.state))
+            }));
+        }
+        let store = store.clone();
+        settlers.push(tokio::spawn(async move {
+            for _ in 0..(k % 3) {
+                tokio::task::yield_now().await;
+            }
+            match expected(k) {
+                None => store.release(&key, token).await.unwrap(),
+                Some(State::Completed(out)) => {
+                    store.complete(&key, token, out, HOUR).await.unwrap()
+                }
+                Some(other) => unreachable!("{other:?}"),
+            }
+        }));
+    }
+    for s in settlers {
+        s.await.unwrap();
+    }
+    for w in waiters {
+        let (k, state) = w.await.unwrap();
+        assert_eq!(
+            state,
+            expected(k),
+            "key w{k}: waiter returned the wrong state"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn wait_accepts_an_unrepresentable_timeout() {
+    let store = Arc::new(MemoryStore::new());
+    let token = acquire(&store, &Claim::new(id("a"))).await;
+    let waiter = {
+        let store = store.clone();
+        tokio::spawn(async move { store.wait(&id("a"), Duration::MAX).await.unwrap() })
+    };
+    tokio::task::yield_now().await;
+    store
+        .complete(&id("a"), token, outcome(b"v"), HOUR)
+        .await
+        .unwrap();
+    let rec = waiter.await.unwrap().expect("record");
+    assert_eq!(rec.state, State::Completed(outcome(b"v")));
 }
 
 #[tokio::test(start_paused = true)]

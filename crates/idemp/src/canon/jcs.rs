@@ -9,7 +9,9 @@ use std::cmp::Ordering;
 use serde_json::Value;
 
 use super::number::write_es_number;
+use super::parse::{Node, Str, Tape};
 use super::python::decode_generalized;
+use super::swar::skip_json_plain;
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
@@ -18,7 +20,12 @@ pub(crate) fn write_str(s: &[u8], out: &mut Vec<u8>) {
     out.reserve(s.len() + 2);
     out.push(b'"');
     let mut run = 0;
-    for (i, &b) in s.iter().enumerate() {
+    let mut i = 0;
+    loop {
+        i = skip_json_plain(s, i);
+        let Some(&b) = s.get(i) else {
+            break;
+        };
         let short = match b {
             b'"' => b'"',
             b'\\' => b'\\',
@@ -27,8 +34,7 @@ pub(crate) fn write_str(s: &[u8], out: &mut Vec<u8>) {
             0x0a => b'n',
             0x0c => b'f',
             0x0d => b'r',
-            0x00..=0x1f => b'u',
-            _ => continue,
+            _ => b'u',
         };
         out.extend_from_slice(&s[run..i]);
         if short == b'u' {
@@ -43,7 +49,8 @@ pub(crate) fn write_str(s: &[u8], out: &mut Vec<u8>) {
         } else {
             out.extend_from_slice(&[b'\\', short]);
         }
-        run = i + 1;
+        i += 1;
+        run = i;
     }
     out.extend_from_slice(&s[run..]);
     out.push(b'"');
@@ -125,6 +132,65 @@ pub fn write_jcs_value(value: &Value, out: &mut Vec<u8>) {
                 write_str(key.as_bytes(), out);
                 out.push(b':');
                 write_jcs_value(item, out);
+            }
+            out.push(b'}');
+        }
+    }
+}
+
+fn write_tape_str(tape: &Tape<'_>, s: Str, out: &mut Vec<u8>) {
+    let bytes = tape.str(s);
+    if s.decoded {
+        write_str(bytes, out);
+    } else {
+        // A raw input slice holds no quote, backslash or control character.
+        out.reserve(bytes.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+    }
+}
+
+/// Writes node `index` of a parsed tape (parsed with the JCS rules) in RFC 8785 form.
+pub(crate) fn write_tape(tape: &Tape<'_>, index: u32, out: &mut Vec<u8>) {
+    match tape.nodes[index as usize] {
+        Node::Null => out.extend_from_slice(b"null"),
+        Node::True => out.extend_from_slice(b"true"),
+        Node::False => out.extend_from_slice(b"false"),
+        // The JCS parser rejects these and keeps integers as doubles; write what a
+        // JavaScript `JSON.stringify` would, should a tape of the other format get here.
+        Node::NaN | Node::Infinity | Node::NegInfinity => out.extend_from_slice(b"null"),
+        Node::Int { start, len } => {
+            let text = &tape.input[start as usize..(start + len) as usize];
+            let v = std::str::from_utf8(text)
+                .ok()
+                .and_then(|t| t.parse::<f64>().ok())
+                .unwrap_or(0.0);
+            write_es_number(v, out);
+        }
+        Node::Float(v) => write_es_number(v, out),
+        Node::Str(s) => write_tape_str(tape, s, out),
+        Node::Array { start, len } => {
+            out.push(b'[');
+            let items = &tape.items[start as usize..(start + len) as usize];
+            for (i, &item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_tape(tape, item, out);
+            }
+            out.push(b']');
+        }
+        Node::Object { start, len } => {
+            out.push(b'{');
+            let members = &tape.members[start as usize..(start + len) as usize];
+            for (i, member) in members.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_tape_str(tape, member.key, out);
+                out.push(b':');
+                write_tape(tape, member.value, out);
             }
             out.push(b'}');
         }

@@ -9,6 +9,8 @@
 use serde_json::Value;
 
 use super::number::{write_i64, write_python_float, write_u64};
+use super::parse::{Node, Str, Tape};
+use super::swar::skip_printable_ascii;
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
@@ -49,15 +51,15 @@ pub(crate) fn write_str(s: &[u8], out: &mut Vec<u8>) {
     out.push(b'"');
     let mut i = 0;
     let mut run = 0;
-    while i < s.len() {
-        let b = s[i];
-        let esc = ESCAPE[b as usize];
-        if esc == 0 {
-            i += 1;
-            continue;
+    loop {
+        i = skip_printable_ascii(s, i);
+        if i >= s.len() {
+            break;
         }
         out.extend_from_slice(&s[run..i]);
+        let b = s[i];
         if b < 0x80 {
+            let esc = ESCAPE[b as usize];
             if esc == b'u' {
                 push_u_escape(u32::from(b), out);
             } else {
@@ -152,6 +154,61 @@ pub fn write_python_value(value: &Value, out: &mut Vec<u8>) {
                 write_str(key.as_bytes(), out);
                 out.push(b':');
                 write_python_value(item, out);
+            }
+            out.push(b'}');
+        }
+    }
+}
+
+fn write_tape_str(tape: &Tape<'_>, s: Str, out: &mut Vec<u8>) {
+    let bytes = tape.str(s);
+    if s.plain {
+        out.reserve(bytes.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+    } else {
+        write_str(bytes, out);
+    }
+}
+
+/// Writes node `index` of a parsed tape in the python-compat form.
+pub(crate) fn write_tape(tape: &Tape<'_>, index: u32, out: &mut Vec<u8>) {
+    match tape.nodes[index as usize] {
+        Node::Null => out.extend_from_slice(b"null"),
+        Node::True => out.extend_from_slice(b"true"),
+        Node::False => out.extend_from_slice(b"false"),
+        Node::NaN => out.extend_from_slice(b"NaN"),
+        Node::Infinity => out.extend_from_slice(b"Infinity"),
+        Node::NegInfinity => out.extend_from_slice(b"-Infinity"),
+        Node::Int { start, len } => {
+            let text = &tape.input[start as usize..(start + len) as usize];
+            // `-0` is the only integer text Python prints differently (`int("-0") == 0`).
+            out.extend_from_slice(if text == b"-0" { b"0" } else { text });
+        }
+        Node::Float(v) => write_python_float(v, out),
+        Node::Str(s) => write_tape_str(tape, s, out),
+        Node::Array { start, len } => {
+            out.push(b'[');
+            let items = &tape.items[start as usize..(start + len) as usize];
+            for (i, &item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_tape(tape, item, out);
+            }
+            out.push(b']');
+        }
+        Node::Object { start, len } => {
+            out.push(b'{');
+            let members = &tape.members[start as usize..(start + len) as usize];
+            for (i, member) in members.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_tape_str(tape, member.key, out);
+                out.push(b':');
+                write_tape(tape, member.value, out);
             }
             out.push(b'}');
         }

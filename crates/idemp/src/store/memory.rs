@@ -8,7 +8,8 @@
 //!
 //! * **Fencing tokens** come from a per-shard counter bumped under the shard's lock. A
 //!   key always lives in the same shard, so its tokens are strictly increasing across
-//!   takeovers, releases and purges, without a globally contended atomic.
+//!   takeovers, releases and purges, without a globally contended atomic. (Tokens are
+//!   unique per key, not across keys.)
 //! * **Expiry** reads the injected [`Clock`](crate::clock::Clock): a settled record is
 //!   invisible once `expires_at` has passed, removed lazily when touched and eagerly by
 //!   [`sweep`](Store::sweep). An in-progress record whose lease passed more than its
@@ -16,7 +17,10 @@
 //! * **Waiting** ([`Store::wait`]) is notified, not polled: the first waiter on a key
 //!   attaches a [`tokio::sync::Notify`] to the record, and settling, releasing, purging
 //!   or expiring the record wakes every waiter. Claims and completions with nobody
-//!   waiting allocate nothing for it.
+//!   waiting allocate nothing for it. A lease passing is not an event: waiters on an
+//!   abandoned record wait until their timeout (pass the remaining lease as the
+//!   timeout to react to it). `wait` measures its timeout with `tokio::time`, so it
+//!   needs a runtime with the time driver enabled.
 //!
 //! ```
 //! use idemp::store::{Claim, ClaimOutcome, Codec, MemoryStore, Outcome, RecordKey, State, Store};
@@ -485,6 +489,7 @@ impl fmt::Debug for MemoryStore {
 pub struct MemoryStoreBuilder {
     clock: Option<SharedClock>,
     shards: Option<usize>,
+    capacity: usize,
 }
 
 impl MemoryStoreBuilder {
@@ -501,6 +506,13 @@ impl MemoryStoreBuilder {
         self
     }
 
+    /// Room for this many records before any shard's table grows (default 0: tables
+    /// grow on demand). Pre-sizing avoids rehashing pauses when the working set is known.
+    pub fn capacity(mut self, records: usize) -> Self {
+        self.capacity = records;
+        self
+    }
+
     /// Builds the store.
     pub fn build(self) -> MemoryStore {
         let wanted = self.shards.unwrap_or_else(|| {
@@ -508,10 +520,15 @@ impl MemoryStoreBuilder {
             cores.saturating_mul(4)
         });
         let count = wanted.clamp(1, MAX_SHARDS).next_power_of_two();
+        // Keys spread evenly; leave some slack for the unlucky shards.
+        let per_shard = match self.capacity {
+            0 => 0,
+            n => n / count + n / count / 8 + 1,
+        };
         let shards = (0..count)
             .map(|_| {
                 Shard(Mutex::new(ShardMap {
-                    table: HashTable::new(),
+                    table: HashTable::with_capacity(per_shard),
                     last_token: 0,
                 }))
             })
@@ -586,7 +603,11 @@ impl Store for MemoryStore {
     }
 
     async fn wait(&self, id: &RecordKey, timeout: Duration) -> StoreResult<Option<Record>> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let now = tokio::time::Instant::now();
+        // A timeout too large to represent waits "forever" (a century).
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600));
         let mut notify = match self.probe(id) {
             Probe::Done(record) => return Ok(record),
             Probe::Pending(notify) => notify,

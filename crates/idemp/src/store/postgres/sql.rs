@@ -1,0 +1,323 @@
+//! The SQL of the Postgres store: one statement per operation.
+//!
+//! Every statement starts with the `now` CTE: `$1` is an optional client clock
+//! override (milliseconds), otherwise the server's `clock_timestamp()` is used, so the
+//! clocks of the workers never matter. Templates name the schema `__SCHEMA__` and the
+//! notification channel `__CHANNEL__`; [`Sql::new`] fills them in once per store.
+
+/// The `now` CTE: one instant for the whole statement.
+const NOW: &str = "now AS (SELECT COALESCE($1::bigint, \
+     floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint) AS ms)";
+
+/// The columns every record-returning statement yields first, in this order.
+pub(super) mod col {
+    pub const SCOPE: usize = 0;
+    pub const KEY: usize = 1;
+    pub const FINGERPRINT: usize = 2;
+    pub const STATE: usize = 3;
+    pub const TOKEN: usize = 4;
+    pub const PREV_TOKEN: usize = 5;
+    pub const ATTEMPTS: usize = 6;
+    pub const CREATED_AT: usize = 7;
+    pub const UPDATED_AT: usize = 8;
+    pub const LEASE_UNTIL: usize = 9;
+    pub const EXPIRES_AT: usize = 10;
+    pub const CODEC: usize = 11;
+    pub const COMPRESSION: usize = 12;
+    pub const OUTCOME: usize = 13;
+    /// Claim only: whether this claim acquired the key.
+    pub const ACQUIRED: usize = 14;
+    /// Claim only: the statement's `now`.
+    pub const NOW_MS: usize = 15;
+}
+
+/// State numbers as stored.
+pub(super) mod state {
+    pub const IN_PROGRESS: i16 = 0;
+    pub const COMPLETED: i16 = 1;
+    pub const FAILED: i16 = 2;
+}
+
+fn cols(a: &str) -> String {
+    [
+        "scope",
+        "key",
+        "fingerprint",
+        "state",
+        "token",
+        "prev_token",
+        "attempts",
+        "created_at",
+        "updated_at",
+        "lease_until",
+        "expires_at",
+        "codec",
+        "compression",
+        "outcome",
+    ]
+    .iter()
+    .map(|c| format!("{a}.{c}"))
+    .collect::<Vec<_>>()
+    .join(", ")
+}
+
+/// Claim: `$1` now, `$2` scope, `$3` key, `$4` fingerprint, `$5` lease ms, `$6` ttl ms,
+/// `$7` take over expired leases.
+///
+/// `cur` reads the row as of the statement's snapshot. When it shows a live record the
+/// claim cannot take (settled, live lease, fingerprint mismatch), the INSERT produces no
+/// row at all: a duplicate is a pure read (no row lock, no WAL flush). Otherwise the
+/// upsert runs; its `DO UPDATE … WHERE` re-checks the *latest* version of the row under
+/// its lock (a dead row is replaced, an expired lease taken over with a token drawn
+/// after the lock, so larger than the row's). When the upsert yields nothing, the
+/// snapshot row is returned instead; if that row is stale (it looked claimable, or
+/// there was none) the caller re-runs the statement with a fresh snapshot.
+const CLAIM: &str = r#"
+WITH __NOW__,
+cur AS (
+  SELECT r.*,
+         (r.state = 3 OR r.expires_at <= now.ms) AS dead,
+         (r.state = 0 AND r.lease_until <= now.ms AND $7::boolean
+          AND (r.fingerprint IS NULL OR $4::bytea IS NULL OR r.fingerprint = $4::bytea)) AS claimable
+  FROM __SCHEMA__.records r, now
+  WHERE r.scope = $2::text AND r.key = $3::text
+),
+ins AS (
+  INSERT INTO __SCHEMA__.records AS r
+    (scope, key, fingerprint, state, token, prev_token, attempts, created_at, updated_at,
+     lease_until, ttl_ms, expires_at, watched)
+  SELECT $2::text, $3::text, $4::bytea, 0, nextval('__SCHEMA__.tokens'), NULL, 1, now.ms, now.ms,
+         now.ms + $5::bigint, $6::bigint, now.ms + $5::bigint + $6::bigint, false
+  FROM now
+  WHERE NOT EXISTS (SELECT 1 FROM cur WHERE NOT cur.dead AND NOT cur.claimable)
+  ON CONFLICT (scope, key) DO UPDATE SET
+    fingerprint = CASE WHEN r.state = 3 OR r.expires_at <= excluded.created_at
+                       THEN excluded.fingerprint
+                       ELSE COALESCE(excluded.fingerprint, r.fingerprint) END,
+    state       = 0,
+    token       = nextval('__SCHEMA__.tokens'),
+    prev_token  = CASE WHEN r.state = 3 OR r.expires_at <= excluded.created_at
+                       THEN NULL ELSE r.token END,
+    attempts    = CASE WHEN r.state = 3 OR r.expires_at <= excluded.created_at
+                       THEN 1 ELSE r.attempts + 1 END,
+    created_at  = CASE WHEN r.state = 3 OR r.expires_at <= excluded.created_at
+                       THEN excluded.created_at ELSE r.created_at END,
+    updated_at  = excluded.updated_at,
+    lease_until = excluded.lease_until,
+    ttl_ms      = excluded.ttl_ms,
+    expires_at  = excluded.expires_at,
+    watched     = CASE WHEN r.state = 3 OR r.expires_at <= excluded.created_at
+                       THEN false ELSE r.watched END,
+    codec = NULL, compression = NULL, outcome = NULL
+  WHERE r.state = 3 OR r.expires_at <= excluded.created_at
+     OR (r.state = 0 AND r.lease_until <= excluded.created_at AND $7::boolean
+         AND (r.fingerprint IS NULL OR excluded.fingerprint IS NULL
+              OR r.fingerprint = excluded.fingerprint))
+  RETURNING r.*
+)
+SELECT __INS_COLS__, true, (SELECT ms FROM now) FROM ins
+UNION ALL
+SELECT __CUR_COLS__, false, (SELECT ms FROM now) FROM cur WHERE NOT EXISTS (SELECT 1 FROM ins)
+"#;
+
+/// Settle: `$1` now, `$2` scope, `$3` key, `$4` token, `$5` state (1 completed, 2
+/// failed), `$6` codec, `$7` compression, `$8` bytes, `$9` ttl ms.
+/// Yields (changed, current token of the live row).
+const SETTLE: &str = r#"
+WITH __NOW__,
+upd AS (
+  UPDATE __SCHEMA__.records r
+  SET state = $5::smallint, codec = $6::smallint, compression = $7::smallint, outcome = $8::bytea,
+      updated_at = now.ms, expires_at = now.ms + $9::bigint, lease_until = NULL, prev_token = NULL
+  FROM now
+  WHERE r.scope = $2::text AND r.key = $3::text AND r.token = $4::bigint AND r.state = 0
+  RETURNING r.watched
+),
+__NOTE__
+SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM note),
+       (SELECT c.token FROM __SCHEMA__.records c WHERE c.scope = $2::text AND c.key = $3::text AND c.state < 3)
+"#;
+
+/// Release: `$1` now, `$2` scope, `$3` key, `$4` token, `$5` tombstone retention ms.
+/// Yields (changed, current token of the live row).
+const RELEASE: &str = r#"
+WITH __NOW__,
+upd AS (
+  UPDATE __SCHEMA__.records r
+  SET state = 3, fingerprint = NULL, codec = NULL, compression = NULL, outcome = NULL,
+      lease_until = NULL, prev_token = NULL, updated_at = now.ms, expires_at = now.ms + $5::bigint
+  FROM now
+  WHERE r.scope = $2::text AND r.key = $3::text AND r.token = $4::bigint AND r.state = 0
+  RETURNING r.watched
+),
+__NOTE__
+SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM note),
+       (SELECT c.token FROM __SCHEMA__.records c WHERE c.scope = $2::text AND c.key = $3::text AND c.state < 3)
+"#;
+
+/// Renew: `$1` now, `$2` scope, `$3` key, `$4` token, `$5` lease ms.
+/// Yields (new lease_until or NULL, current token of the live row).
+const RENEW: &str = r#"
+WITH __NOW__,
+upd AS (
+  UPDATE __SCHEMA__.records r
+  SET lease_until = now.ms + $5::bigint, expires_at = now.ms + $5::bigint + r.ttl_ms, updated_at = now.ms
+  FROM now
+  WHERE r.scope = $2::text AND r.key = $3::text AND r.token = $4::bigint AND r.state = 0
+  RETURNING r.lease_until
+)
+SELECT (SELECT lease_until FROM upd),
+       (SELECT c.token FROM __SCHEMA__.records c WHERE c.scope = $2::text AND c.key = $3::text AND c.state < 3)
+"#;
+
+/// Purge: `$1` now, `$2` scope, `$3` key, `$4` tombstone retention ms.
+/// Yields (changed, was live). A tombstone's `lease_until` is unused, so the update
+/// records there whether the purged row was live (1) or already expired (0).
+const PURGE: &str = r#"
+WITH __NOW__,
+upd AS (
+  UPDATE __SCHEMA__.records r
+  SET state = 3, fingerprint = NULL, codec = NULL, compression = NULL, outcome = NULL,
+      prev_token = NULL, updated_at = now.ms, expires_at = now.ms + $4::bigint,
+      lease_until = CASE WHEN r.expires_at > now.ms THEN 1 ELSE 0 END
+  FROM now
+  WHERE r.scope = $2::text AND r.key = $3::text AND r.state < 3
+  RETURNING r.watched, r.lease_until
+),
+__NOTE__
+SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM note),
+       COALESCE((SELECT lease_until = 1 FROM upd), false)
+"#;
+
+/// The notification of a settled, released or purged row that a waiter watches.
+/// The payload is `<chars in scope>:<scope><key>`, or `*` (wake every waiter) when too
+/// long for a NOTIFY payload.
+const NOTE: &str = r#"note AS (
+  SELECT pg_notify('__CHANNEL__',
+           CASE WHEN octet_length($2::text) + octet_length($3::text) < 7900
+                THEN length($2::text)::text || ':' || $2::text || $3::text
+                ELSE '*' END)
+  FROM upd WHERE upd.watched
+)"#;
+
+/// Get: `$1` now, `$2` scope, `$3` key.
+const GET: &str = r#"
+WITH __NOW__
+SELECT __R_COLS__ FROM __SCHEMA__.records r, now
+WHERE r.scope = $2::text AND r.key = $3::text AND r.state < 3 AND r.expires_at > now.ms
+"#;
+
+/// Marks an in-progress row as watched: `$1` scope, `$2` key.
+const WATCH: &str = r#"
+UPDATE __SCHEMA__.records SET watched = true
+WHERE scope = $1::text AND key = $2::text AND state = 0 AND NOT watched
+"#;
+
+/// List: `$1` now, `$2` scope, `$3` key prefix, `$4`/`$5` after (scope, key), `$6` limit.
+const LIST: &str = r#"
+WITH __NOW__
+SELECT __R_COLS__ FROM __SCHEMA__.records r, now
+WHERE r.state < 3 AND r.expires_at > now.ms
+  AND ($2::text IS NULL OR r.scope = $2::text)
+  AND ($3::text IS NULL OR starts_with(r.key, $3::text))
+  AND ($4::text IS NULL OR (r.scope, r.key) > ($4::text, $5::text))
+ORDER BY r.scope, r.key
+LIMIT $6::bigint
+"#;
+
+/// Stats: `$1` now.
+const STATS: &str = r#"
+WITH __NOW__
+SELECT count(*) FILTER (WHERE r.state = 0 AND r.lease_until > now.ms),
+       count(*) FILTER (WHERE r.state = 0 AND r.lease_until <= now.ms),
+       count(*) FILTER (WHERE r.state = 1),
+       count(*) FILTER (WHERE r.state = 2),
+       COALESCE(sum(octet_length(r.outcome)), 0)::bigint
+FROM __SCHEMA__.records r, now
+WHERE r.state < 3 AND r.expires_at > now.ms
+"#;
+
+/// Sweep one batch: `$1` now, `$2` batch size. Rows locked by a concurrent claim are
+/// skipped (that claim is replacing them anyway).
+const SWEEP: &str = r#"
+WITH __NOW__,
+victims AS (
+  SELECT r.scope, r.key FROM __SCHEMA__.records r, now
+  WHERE r.expires_at <= now.ms
+  ORDER BY r.expires_at
+  LIMIT $2::bigint
+  FOR UPDATE OF r SKIP LOCKED
+)
+DELETE FROM __SCHEMA__.records d USING victims v, now
+WHERE d.scope = v.scope AND d.key = v.key AND d.expires_at <= now.ms
+"#;
+
+/// The statements of one store, with its schema and channel filled in.
+#[derive(Debug, Clone)]
+pub(super) struct Sql {
+    pub claim: String,
+    pub settle: String,
+    pub release: String,
+    pub renew: String,
+    pub purge: String,
+    pub get: String,
+    pub watch: String,
+    pub list: String,
+    pub stats: String,
+    pub sweep: String,
+}
+
+impl Sql {
+    /// `schema` is the quoted schema identifier; `channel` the NOTIFY channel name
+    /// (identifier characters only, so it needs no escaping inside a literal).
+    pub fn new(schema: &str, channel: &str) -> Self {
+        let fill = |t: &str| {
+            t.replace("__NOTE__", NOTE)
+                .replace("__NOW__", NOW)
+                .replace("__INS_COLS__", &cols("ins"))
+                .replace("__CUR_COLS__", &cols("cur"))
+                .replace("__R_COLS__", &cols("r"))
+                .replace("__SCHEMA__", schema)
+                .replace("__CHANNEL__", channel)
+        };
+        Self {
+            claim: fill(CLAIM),
+            settle: fill(SETTLE),
+            release: fill(RELEASE),
+            renew: fill(RENEW),
+            purge: fill(PURGE),
+            get: fill(GET),
+            watch: fill(WATCH),
+            list: fill(LIST),
+            stats: fill(STATS),
+            sweep: fill(SWEEP),
+        }
+    }
+}
+
+/// The migrations, in order; migration `i` brings the schema to version `i + 1`.
+pub(super) const MIGRATIONS: &[&str] = &[include_str!("migrations/001_init.sql")];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_placeholder_is_filled() {
+        let sql = Sql::new("\"s\"", "idemp_s");
+        for text in [
+            &sql.claim,
+            &sql.settle,
+            &sql.release,
+            &sql.renew,
+            &sql.purge,
+            &sql.get,
+            &sql.watch,
+            &sql.list,
+            &sql.stats,
+            &sql.sweep,
+        ] {
+            assert!(!text.contains("__"), "{text}");
+        }
+    }
+}
