@@ -1102,3 +1102,33 @@ async fn guarded_functions_key_by_a_custom_function_or_by_arguments() {
         .unwrap();
     assert_eq!((z, fx.count()), (202, 4));
 }
+
+#[tokio::test]
+async fn invalid_keys_are_refused_before_any_store_call() {
+    let (b, _) = manual("s");
+    let guard = b.build();
+    let fx = Effects::default();
+    for bad in ["", "has space", "caf\u{e9}", &"x".repeat(256)] {
+        let err = guard
+            .run(bad, || async { Res::Ok(fx.hit()) })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, GuardError::InvalidKey(_)), "{bad:?}: {err:?}");
+        assert!(matches!(
+            guard.begin(bad, None).await,
+            Err(GuardError::InvalidKey(_))
+        ));
+    }
+    assert_eq!(fx.count(), 0);
+    // A Key converts into a request.
+    let key = idemp::Key::builder("orders").part_u64(17).build();
+    let v: u32 = guard
+        .run(&key, || async { Res::Ok(fx.hit()) })
+        .await
+        .unwrap();
+    let again: u32 = guard
+        .run(key, || async { Res::Ok(fx.hit()) })
+        .await
+        .unwrap();
+    assert_eq!((v, again, fx.count()), (1, 1, 1));
+}

@@ -126,6 +126,9 @@ impl fmt::Debug for Guard {
     }
 }
 
+/// The key-builder scope of [`Guard::key_for_args`].
+const ARGS_KEY_DOMAIN: &str = "idemp.guard.args.v1";
+
 /// One call's identity: the key and, optionally, the payload fingerprint.
 ///
 /// `&str` and `String` convert into a request without a fingerprint.
@@ -165,6 +168,16 @@ impl From<&str> for Request {
 impl From<String> for Request {
     fn from(key: String) -> Self {
         Self::new(key)
+    }
+}
+impl From<crate::Key> for Request {
+    fn from(key: crate::Key) -> Self {
+        Self::new(key.into_string())
+    }
+}
+impl From<&crate::Key> for Request {
+    fn from(key: &crate::Key) -> Self {
+        Self::new(key.as_str())
     }
 }
 impl From<&String> for Request {
@@ -237,7 +250,7 @@ impl Guard {
         &self.inner.scope
     }
 
-    /// The store.
+    /// The store (for inspection: `get`, `list`, `purge`…).
     pub fn store(&self) -> &DynStore {
         &self.inner.store
     }
@@ -247,9 +260,11 @@ impl Guard {
         RecordKey::new(self.inner.scope.as_str(), key)
     }
 
-    /// The key derived from serializable arguments: `ik_` + 32 hex of the SHA-256 of
-    /// a domain tag and the RFC 8785 canonical JSON of `args` (object key order never
-    /// matters). Used by [`run_args`](Self::run_args).
+    /// The key derived from serializable arguments: the injective
+    /// [`Key::builder`](crate::Key::builder) over the scope `"idemp.guard.args.v1"`
+    /// and one part, the RFC 8785 canonical JSON of `args` (object key order never
+    /// matters): `ik_` + 32 hex. Used by [`run_args`](Self::run_args) and
+    /// [`func_args`](Self::func_args).
     ///
     /// ```
     /// use idemp::Guard;
@@ -259,7 +274,6 @@ impl Guard {
     /// assert!(a.starts_with("ik_") && a.len() == 35);
     /// ```
     pub fn key_for_args<A: Serialize + ?Sized>(args: &A) -> Result<String, CodecError> {
-        use sha2::Digest;
         let value = serde_json::to_value(args).map_err(|e| CodecError::Encode {
             codec: Codec::Json,
             message: e.to_string(),
@@ -267,11 +281,10 @@ impl Guard {
         // RFC 8785 canonical JSON: object key order never matters.
         let mut canonical = Vec::with_capacity(128);
         crate::canon::write_jcs_value(&value, &mut canonical);
-        let mut h = sha2::Sha256::new();
-        h.update(b"idemp.guard.args.v1\0");
-        h.update(&canonical);
-        let digest = h.finalize();
-        Ok(format!("ik_{}", hex::encode(&digest[..16])))
+        Ok(crate::Key::builder(ARGS_KEY_DOMAIN)
+            .part(&canonical)
+            .build()
+            .into_string())
     }
 
     /// Runs `op` at most once for `request` (a key, or a [`Request`] with a
@@ -396,6 +409,7 @@ impl Guard {
         key: impl AsRef<str>,
         resolution: Resolution<T>,
     ) -> Result<Resolved, GuardError> {
+        crate::key::validate(key.as_ref())?;
         let opts = &self.inner.opts;
         let claim = Claim {
             id: self.record_key(key.as_ref()),
@@ -468,6 +482,7 @@ impl Guard {
         key: String,
         fingerprint: Option<Fingerprint>,
     ) -> Result<Acquired, GuardError> {
+        crate::key::validate(&key)?;
         let inner = &self.inner;
         let opts = &inner.opts;
         let mut claim = Claim {
