@@ -79,7 +79,6 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tracing::Instrument;
 
 use crate::store::{
     Claim, ClaimOutcome, Codec, DynStore, Fingerprint, Outcome, Record, RecordKey, State, Store,
@@ -110,6 +109,15 @@ pub(crate) struct Inner {
     pub(crate) store: DynStore,
     pub(crate) scope: String,
     pub(crate) opts: Options,
+}
+
+impl Inner {
+    /// The store as a trait object: calling through `&dyn Store` directly avoids the
+    /// extra boxed future of the `Arc<S>` forwarding impl.
+    #[inline]
+    pub(crate) fn backend(&self) -> &dyn Store {
+        &*self.store
+    }
 }
 
 impl fmt::Debug for Guard {
@@ -302,7 +310,9 @@ impl Guard {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        self.execute(request.into(), |_| op()).await.map(|(v, _)| v)
+        self.execute(request.into(), false, |_| op())
+            .await
+            .map(|(v, _)| v)
     }
 
     /// [`run`](Self::run) with a payload fingerprint: a later call with the same key
@@ -335,7 +345,7 @@ impl Guard {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        self.execute(request.into(), |_| op()).await
+        self.execute(request.into(), false, |_| op()).await
     }
 
     /// [`run_detailed`](Self::run_detailed) where the work gets a [`LeaseSignal`] that
@@ -352,7 +362,7 @@ impl Guard {
         F: FnOnce(LeaseSignal) -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        self.execute(request.into(), op).await
+        self.execute(request.into(), true, op).await
     }
 
     /// Runs `op(args)` at most once per value of `args`: the key is
@@ -374,6 +384,14 @@ impl Guard {
     ///
     /// The guard's `on_duplicate` (`Reject` → error, `Wait` → waits) and
     /// `on_ambiguous` policies apply as in [`run`](Self::run).
+    ///
+    /// For ports of check-then-mark APIs (agentidemp's `IdempotencyStore`): `begin`
+    /// is `is_processed` + `get_result` + `mark_in_progress` in one atomic step
+    /// ([`Begin::Completed`] is "processed, here is the result"; [`Begin::Owner`] is
+    /// "now marked in progress by you"), and [`Lease::complete`] /
+    /// [`Lease::fail`] / [`Lease::release`] are `mark_complete` / `mark_failed`
+    /// (sticky) / "failed, may retry". There is deliberately no separate
+    /// check-then-mark: the gap between the two is where duplicates slip in.
     pub async fn begin(
         &self,
         key: impl AsRef<str>,
@@ -381,9 +399,7 @@ impl Guard {
     ) -> Result<Begin, GuardError> {
         let acquired = self.acquire(key.as_ref().to_owned(), fingerprint).await?;
         Ok(match acquired {
-            Acquired::Owner(core, _) => {
-                Begin::Owner(Lease::start(core, tokio::runtime::Handle::current()))
-            }
+            Acquired::Owner(core, _) => Begin::Owner(Lease::start(core)),
             Acquired::Completed(outcome, info) => Begin::Completed(Replay {
                 outcome,
                 max_outcome_bytes: self.inner.opts.encode.max_outcome_bytes,
@@ -418,7 +434,7 @@ impl Guard {
             ttl: opts.ttl,
             take_over_expired: true,
         };
-        match self.inner.store.claim(&claim).await? {
+        match self.inner.backend().claim(&claim).await? {
             ClaimOutcome::Acquired {
                 token,
                 lease_until,
@@ -499,7 +515,7 @@ impl Guard {
             OnDuplicate::Wait(timeout) => Some(tokio::time::Instant::now() + timeout),
             _ => None,
         };
-        let found = inner.store.claim(&claim).await?;
+        let found = inner.backend().claim(&claim).await?;
         match self.classify(&mut claim, found, false, deadline)? {
             Step::Done(acquired) => Ok(acquired),
             Step::Reconcile(core) => Box::pin(self.reconcile(core, false)).await,
@@ -517,8 +533,8 @@ impl Guard {
     ) -> Result<Acquired, GuardError> {
         loop {
             tracing::debug!(id = %claim.id, ?wait_for, "waiting for the running execution");
-            self.inner.store.wait(&claim.id, wait_for).await?;
-            let found = self.inner.store.claim(&claim).await?;
+            self.inner.backend().wait(&claim.id, wait_for).await?;
+            let found = self.inner.backend().claim(&claim).await?;
             match self.classify(&mut claim, found, true, deadline)? {
                 Step::Done(acquired) => return Ok(acquired),
                 Step::Reconcile(core) => return self.reconcile(core, true).await,
@@ -663,25 +679,12 @@ impl Guard {
         }
     }
 
+    /// The closure API's body. (No span wraps it: every event carries the record
+    /// id, and a wrapper would add a layer to a future moved on every call.)
     async fn execute<T, E, F, Fut>(
         &self,
         request: Request,
-        op: F,
-    ) -> Result<(T, RunInfo), GuardError<E>>
-    where
-        T: Serialize + DeserializeOwned,
-        E: fmt::Display + 'static,
-        F: FnOnce(LeaseSignal) -> Fut,
-        Fut: Future<Output = Result<T, E>>,
-    {
-        let span =
-            tracing::debug_span!("idemp.guard", scope = %self.inner.scope, key = %request.key);
-        self.execute_inner(request, op).instrument(span).await
-    }
-
-    async fn execute_inner<T, E, F, Fut>(
-        &self,
-        request: Request,
+        with_signal: bool,
         op: F,
     ) -> Result<(T, RunInfo), GuardError<E>>
     where
@@ -703,7 +706,11 @@ impl Guard {
         // Run the work with the heartbeat polled next to it: no task is spawned, and
         // the heartbeat (its timer and its box) only exists once the work has returned
         // `Pending` on its first poll.
-        let signal = LeaseSignal::new();
+        let signal = if with_signal {
+            LeaseSignal::new()
+        } else {
+            LeaseSignal::inert()
+        };
         let result = {
             let mut work = std::pin::pin!(AssertUnwindSafe(op(signal.clone())).catch_unwind());
             let mut beat: Option<Pin<Box<dyn Future<Output = Infallible> + Send + '_>>> = None;
