@@ -77,6 +77,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::FutureExt;
+use futures_util::future::Either;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -228,6 +229,9 @@ impl RunInfo {
         self.disposition != Disposition::Executed
     }
 }
+
+/// The rare, boxed continuations of `Guard::acquire`.
+type SlowPath<'a> = Pin<Box<dyn Future<Output = Result<Acquired, GuardError>> + Send + 'a>>;
 
 /// The next step after one claim (see `Guard::classify`).
 enum Step {
@@ -516,11 +520,14 @@ impl Guard {
             _ => None,
         };
         let found = inner.backend().claim(&claim).await?;
-        match self.classify(&mut claim, found, false, deadline)? {
-            Step::Done(acquired) => Ok(acquired),
-            Step::Reconcile(core) => Box::pin(self.reconcile(core, false)).await,
-            Step::Wait(wait_for) => Box::pin(self.wait_and_claim(claim, deadline, wait_for)).await,
-        }
+        // Only the boxed future is kept across the await below (a match on the
+        // classification would keep it, 200 bytes, in this future's state).
+        let slow: SlowPath<'_> = match self.classify(&mut claim, found, false, deadline)? {
+            Step::Done(acquired) => return Ok(acquired),
+            Step::Reconcile(core) => Box::pin(self.reconcile(core, false)),
+            Step::Wait(wait_for) => Box::pin(self.wait_and_claim(claim, deadline, wait_for)),
+        };
+        slow.await
     }
 
     /// `OnDuplicate::Wait`: waits for the running execution (woken by the store),
@@ -772,61 +779,90 @@ impl Guard {
     }
 
     /// Records the work's result: completes (returning the value decoded from the
-    /// stored bytes), or releases / stores the failure.
-    pub(crate) async fn settle<T, E>(
+    /// stored bytes), or releases / stores the failure. The failure path is boxed so
+    /// that the success path's future stays small.
+    pub(crate) fn settle<'a, T, E>(
+        &'a self,
+        core: LeaseCore,
+        result: Result<T, E>,
+        info: RunInfo,
+    ) -> impl Future<Output = Result<(T, RunInfo), GuardError<E>>> + 'a
+    where
+        T: Serialize + DeserializeOwned + 'a,
+        E: fmt::Display + 'static,
+    {
+        match result {
+            Ok(value) => Either::Left(self.complete_value(core, value, info)),
+            Err(error) => Either::Right(Box::pin(self.settle_failure(core, error))),
+        }
+    }
+
+    /// Encodes, decodes back (the first caller gets what replays get), completes.
+    async fn complete_value<T, E>(
         &self,
         mut core: LeaseCore,
-        result: Result<T, E>,
+        value: T,
         info: RunInfo,
     ) -> Result<(T, RunInfo), GuardError<E>>
     where
         T: Serialize + DeserializeOwned,
-        E: fmt::Display + 'static,
     {
         let opts = &self.inner.opts;
-        match result {
-            Ok(value) => {
-                let outcome = match opts.encode.encode(&value) {
-                    Ok(outcome) => outcome,
-                    Err(e) => {
-                        // The effect happened but its result cannot be stored: record
-                        // that as a failure so the key never runs again.
-                        tracing::error!(id = %core.id, error = %e, "result cannot be encoded");
-                        let failure = StoredFailure::new(e.to_string()).kind("idemp::codec");
-                        match failure_outcome(&failure) {
-                            Ok(o) => {
-                                let _ = core.fail(o).await;
-                            }
-                            Err(_) => core.abandon(),
-                        }
-                        return Err(GuardError::Codec(e));
-                    }
-                };
-                let decoded = codec::decode::<T>(&outcome, opts.encode.max_outcome_bytes);
-                core.complete(outcome).await.map_err(GuardError::widen)?;
-                tracing::debug!(id = %core.id, token = core.token, "completed");
-                Ok((decoded?, info))
+        let encoded = opts.encode.encode(&value);
+        drop(value);
+        let outcome = match encoded {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                let record = Box::pin(Self::record_unencodable(core, e));
+                return Err(record.await);
             }
-            Err(error) => {
-                let settled = match opts.on_failure {
-                    OnFailure::Release => core.release().await,
-                    OnFailure::Sticky => {
-                        let failure = StoredFailure::from_error(&error);
-                        match failure_outcome(&failure) {
-                            Ok(o) => core.fail(o).await,
-                            Err(e) => {
-                                core.abandon();
-                                Err(GuardError::Codec(e))
-                            }
-                        }
-                    }
-                };
-                if let Err(e) = settled {
-                    tracing::warn!(id = %core.id, token = core.token, error = %e, "could not settle the failed execution");
-                }
-                Err(GuardError::Operation(error))
+        };
+        let decoded = codec::decode::<T>(&outcome, opts.encode.max_outcome_bytes);
+        core.complete(outcome).await.map_err(GuardError::widen)?;
+        tracing::debug!(id = %core.id, token = core.token, "completed");
+        Ok((decoded?, info))
+    }
+
+    /// The effect happened but its result cannot be encoded: record that as a
+    /// failure so the key never runs again.
+    async fn record_unencodable<E>(mut core: LeaseCore, e: CodecError) -> GuardError<E> {
+        tracing::error!(id = %core.id, error = %e, "result cannot be encoded");
+        let failure = StoredFailure::new(e.to_string()).kind("idemp::codec");
+        match failure_outcome(&failure) {
+            Ok(o) => {
+                let _ = core.fail(o).await;
             }
+            Err(_) => core.abandon(),
         }
+        GuardError::Codec(e)
+    }
+
+    /// The operation failed: release the key, or store the failure (sticky).
+    async fn settle_failure<T, E>(
+        &self,
+        mut core: LeaseCore,
+        error: E,
+    ) -> Result<(T, RunInfo), GuardError<E>>
+    where
+        E: fmt::Display + 'static,
+    {
+        let settled = match self.inner.opts.on_failure {
+            OnFailure::Release => core.release().await,
+            OnFailure::Sticky => {
+                let failure = StoredFailure::from_error(&error);
+                match failure_outcome(&failure) {
+                    Ok(o) => core.fail(o).await,
+                    Err(e) => {
+                        core.abandon();
+                        Err(GuardError::Codec(e))
+                    }
+                }
+            }
+        };
+        if let Err(e) = settled {
+            tracing::warn!(id = %core.id, token = core.token, error = %e, "could not settle the failed execution");
+        }
+        Err(GuardError::Operation(error))
     }
 }
 
