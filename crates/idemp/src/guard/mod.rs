@@ -252,7 +252,12 @@ pub(crate) enum Acquired {
 
 impl Guard {
     /// Starts building a guard over `store` (any [`Store`], or a shared
-    /// [`DynStore`](crate::store::DynStore)).
+    /// [`DynStore`]).
+    ///
+    /// To share one store between guards, pass a `DynStore` (`Arc<dyn Store>`, e.g.
+    /// `guard.store().clone()`): it is used as is. An `Arc<MyStore>` also works, but
+    /// every call then goes through one more forwarding layer; coerce it first
+    /// (`let shared: DynStore = arc;`).
     pub fn builder<S: Store>(store: S) -> GuardBuilder {
         GuardBuilder::new(options::into_dyn_store(store))
     }
