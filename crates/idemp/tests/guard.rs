@@ -10,7 +10,9 @@ use idemp::guard::{
     Begin, Disposition, GuardError, OnAmbiguous, OnDuplicate, OnFailure, OnInterrupt, Request,
     Resolution, Resolved, StoredFailure, ValueCodec,
 };
-use idemp::store::{Codec, Compression, Fingerprint, State};
+#[cfg(feature = "compression")]
+use idemp::store::Compression;
+use idemp::store::{Codec, Fingerprint, State};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
