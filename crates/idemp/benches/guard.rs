@@ -13,8 +13,9 @@
 //!     `MemoryStore::try_insert` + `complete` (an actor task behind an mpsc channel).
 //! * `threads/…`: claim+complete of fresh keys by 1 / 16 / 64 tasks on a 2-worker
 //!   runtime, guard vs `idempotent`.
-//! * `codec/…`: JSON vs postcard encode+decode of a small result.
-//! * `compress/…` (feature `compression`): LZ4 vs zstd on a 64 KiB JSON outcome.
+//! * `codec/…`: JSON vs postcard encode+decode of a small result (thread CPU time).
+//! * `compress/…` (feature `compression`): LZ4 vs zstd on a 64 KiB JSON outcome
+//!   (thread CPU time).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -112,6 +113,15 @@ macro_rules! fresh_keys {
         }
         total
     }};
+}
+
+/// Thread CPU time of `f` run `iters` times (for the synchronous groups).
+fn cpu_iter<R>(iters: u64, mut f: impl FnMut() -> R) -> Duration {
+    let start = thread_cpu_time();
+    for _ in 0..iters {
+        black_box(f());
+    }
+    thread_cpu_time() - start
 }
 
 /// Thread CPU time of `$body` run `$iters` times (an async block to `block_on`).
@@ -391,15 +401,19 @@ fn codec(c: &mut Criterion) {
     let mut g = c.benchmark_group("codec");
     let r = receipt(42);
     g.bench_function("json_roundtrip", |b| {
-        b.iter(|| {
-            let bytes = serde_json::to_vec(black_box(&r)).unwrap();
-            black_box(serde_json::from_slice::<Receipt>(&bytes).unwrap())
+        b.iter_custom(|iters| {
+            cpu_iter(iters, || {
+                let bytes = serde_json::to_vec(black_box(&r)).unwrap();
+                black_box(serde_json::from_slice::<Receipt>(&bytes).unwrap())
+            })
         })
     });
     g.bench_function("postcard_roundtrip", |b| {
-        b.iter(|| {
-            let bytes = postcard::to_allocvec(black_box(&r)).unwrap();
-            black_box(postcard::from_bytes::<Receipt>(&bytes).unwrap())
+        b.iter_custom(|iters| {
+            cpu_iter(iters, || {
+                let bytes = postcard::to_allocvec(black_box(&r)).unwrap();
+                black_box(postcard::from_bytes::<Receipt>(&bytes).unwrap())
+            })
         })
     });
     eprintln!(
@@ -449,19 +463,39 @@ fn compress(c: &mut Criterion) {
     let mut g = c.benchmark_group("compress");
     g.throughput(Throughput::Bytes(data.len() as u64));
     g.bench_function("lz4_compress", |b| {
-        b.iter(|| black_box(lz4_flex::compress_prepend_size(black_box(&data))))
+        b.iter_custom(|iters| {
+            cpu_iter(iters, || {
+                black_box(lz4_flex::compress_prepend_size(black_box(&data)))
+            })
+        })
     });
     g.bench_function("zstd1_compress", |b| {
-        b.iter(|| black_box(zstd::bulk::compress(black_box(&data), 1).unwrap()))
+        b.iter_custom(|iters| {
+            cpu_iter(iters, || {
+                black_box(zstd::bulk::compress(black_box(&data), 1).unwrap())
+            })
+        })
     });
     g.bench_function("zstd3_compress", |b| {
-        b.iter(|| black_box(zstd::bulk::compress(black_box(&data), 3).unwrap()))
+        b.iter_custom(|iters| {
+            cpu_iter(iters, || {
+                black_box(zstd::bulk::compress(black_box(&data), 3).unwrap())
+            })
+        })
     });
     g.bench_function("lz4_decompress", |b| {
-        b.iter(|| black_box(lz4_flex::decompress_size_prepended(black_box(&lz4)).unwrap()))
+        b.iter_custom(|iters| {
+            cpu_iter(iters, || {
+                black_box(lz4_flex::decompress_size_prepended(black_box(&lz4)).unwrap())
+            })
+        })
     });
     g.bench_function("zstd1_decompress", |b| {
-        b.iter(|| black_box(zstd::bulk::decompress(black_box(&zstd1), data.len()).unwrap()))
+        b.iter_custom(|iters| {
+            cpu_iter(iters, || {
+                black_box(zstd::bulk::decompress(black_box(&zstd1), data.len()).unwrap())
+            })
+        })
     });
     g.finish();
 }
