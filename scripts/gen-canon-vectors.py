@@ -6,6 +6,9 @@ python-compat expectations come from llm-message-hash-py 0.1.0 (`canonical_json`
 (Trail of Bits). Both are installed into a throwaway venv:
 
     scripts/gen-canon-vectors.py            # creates /tmp/venv-canon if needed, re-runs inside it
+    scripts/gen-canon-vectors.py --differential path/to/idemp [N] [SEED]
+                                            # also: N random and mutated documents through
+                                            # `idemp canon` (both formats) vs the references
 
 Vector fields:
   name            unique name
@@ -39,7 +42,7 @@ if os.environ.get("GEN_CANON_IN_VENV") != "1":
         [py, "-m", "pip", "install", "-q", "llm-message-hash-py==0.1.0", "rfc8785==0.1.4"]
     )
     env = dict(os.environ, GEN_CANON_IN_VENV="1")
-    sys.exit(subprocess.call([py, os.path.abspath(__file__)], env=env))
+    sys.exit(subprocess.call([py, os.path.abspath(__file__), *sys.argv[1:]], env=env))
 
 import hashlib  # noqa: E402
 import random  # noqa: E402
@@ -184,6 +187,8 @@ def jcs_expect(data: bytes, preset, drop) -> dict | None:
     try:
         # JCS numbers are IEEE doubles: parse integers as floats, as JavaScript does.
         obj = json.loads(data, parse_int=float, object_pairs_hook=no_dups)
+        # idemp's JCS requires the whole input to be I-JSON, dropped parts included.
+        rfc8785.dumps(obj)
         obj = _canonicalize(obj, opts)
         return {"canonical": rfc8785.dumps(obj).decode("utf-8")}
     except (ValueError, RecursionError, UnicodeDecodeError, UnicodeEncodeError) as e:
@@ -395,6 +400,8 @@ add("drop_everything", '{"a":{"a":1}}', drop=["a"])
 add("drop_with_preset", '{"id":1,"x":{"custom":1,"usage":2,"y":3}}', preset="anthropic", drop=["custom"])
 add("drop_top_level_scalar", '"id"', preset="anthropic")
 add("drop_in_array_of_objects", '[{"id":1},{"id":2,"k":3}]', preset="openai")
+add("drop_hides_nan_from_python_only", '{"id":NaN,"x":1}', preset="anthropic")
+add("drop_hides_lone_surrogate_from_python_only", r'{"usage":"\ud800","x":1}', preset="anthropic")
 
 # Realistic provider payloads x every preset.
 with open(os.path.join(ROOT, "bench", "data", "anthropic_request.json"), encoding="utf-8") as f:
@@ -499,6 +506,72 @@ add("bytes_raw_surrogate", b'"\xed\xa0\x80"')
 add("bytes_raw_surrogate_pair_cesu", b'"\xed\xa0\xbd\xed\xb8\x80"')
 add("bytes_raw_surrogate_key_order", b'{"\xed\xa0\x80":1,"\xee\x80\x80":2,"\xf0\x90\x80\x80":3}')
 add("bytes_raw_high_then_escaped_low", b'"\xed\xa0\xbd\\ude00"')
+
+# ---------------------------------------------------------------- differential mode
+
+
+def differential(binary: str, count: int, seed: int) -> int:
+    """Random and mutated documents through `idemp canon`, compared with the references."""
+    drng = random.Random(seed)
+    atoms = ["null", "true", "false", "NaN", "Infinity", "-Infinity", "0", "-0", "1", "-1", "1.0",
+             "1e5", "1E-5", "-2.5e+300", "123456789012345678901234567890", "0.1", "5e-324", "1e400",
+             "-1e-400", "9007199254740993", "1.7976931348623157e308", '"a"', '""', r'"\u00e9"',
+             r'"\ud800"', r'"\udc00\ud800"', r'"\ud83d\ude00"', '"é"', '"😀"', r'"\u2028"', '"\x7f"',
+             r'"\n\t\b\f\r\/\\\""', r'"\u0000"', '"\uffff"', '"\ue000"', '"\U0010ffff"']
+    keys = ['"a"', '"b"', '"A"', '"id"', '"usage"', r'"\u0061"', '"é"', r'"\u00e9"', '"😀"', '"\uff61"',
+            '"\ue000"', r'"\ud800"', r'"\udbff\udfff"', '""', '"cache_control"']
+    ws = ["", " ", "\n", "\t", "\r\n  "]
+
+    def value(d: int) -> str:
+        k = drng.random()
+        if d > 5 or k < 0.4:
+            return drng.choice(atoms)
+        if k < 0.7:
+            return "[" + ",".join(drng.choice(ws) + value(d + 1) + drng.choice(ws)
+                                  for _ in range(drng.randint(0, 5))) + "]"
+        return "{" + ",".join(drng.choice(ws) + drng.choice(keys) + drng.choice(ws) + ":" + value(d + 1)
+                              for _ in range(drng.randint(0, 6))) + "}"
+
+    def mutate(text: str) -> bytes:
+        b = bytearray(text.encode("utf-8"))
+        if drng.random() < 0.7:
+            return bytes(b)
+        i = drng.randint(0, len(b))
+        c = drng.choice(b'{}[],:"\\ 0123456789eE.-+ntfuNI\x80\xff\xed')
+        op = drng.randint(0, 2)
+        if op == 0 and i < len(b):
+            b[i] = c
+        elif op == 1:
+            b.insert(i, c)
+        elif i < len(b):
+            del b[i]
+        return bytes(b)
+
+    mismatches = 0
+    for _ in range(count):
+        data = mutate(value(0))
+        preset = drng.choice([None, "anthropic"])
+        for fmt in ("python", "jcs"):
+            if fmt == "python":
+                want = python_expect(data, preset, ())
+                want = want.get("canonical")
+            else:
+                want = jcs_expect(data, preset, ())
+                want = want.get("canonical") if want else None
+            args = [binary, "canon", "--format", fmt] + (["--preset", preset] if preset else [])
+            run = subprocess.run(args, input=data, capture_output=True)
+            got = run.stdout.decode("utf-8")[:-1] if run.returncode == 0 else None
+            if got != want:
+                mismatches += 1
+                print(f"MISMATCH {fmt} {preset} {data!r}: want {want!r}, got {got!r} {run.stderr!r}")
+    print(f"differential: {count} documents x 2 formats, {mismatches} mismatches")
+    return mismatches
+
+
+if len(sys.argv) > 1 and sys.argv[1] == "--differential":
+    n = int(sys.argv[3]) if len(sys.argv) > 3 else 500
+    sd = int(sys.argv[4]) if len(sys.argv) > 4 else 1
+    sys.exit(1 if differential(sys.argv[2], n, sd) else 0)
 
 if len(VECTORS) < 150:
     raise SystemExit(f"only {len(VECTORS)} vectors")

@@ -366,7 +366,12 @@ FOR_ARGS = [
     ("t", "keys", {"b": 1, "a": 2, "A": 3, "aa": 4, "\u00e9": 5, "\U0001f980": 6, "\uff21": 7, "_": 8}),
     ("scope\0with nul", "tool", {"x": 1}),
     ("t", "deep", {"l1": {"l2": {"l3": {"l4": [{"k": [1, {"z": [], "a": {}}]}]}}}}),
+    # Beyond 64 bits: exact in Python and in for_args_json (from the text); a
+    # serde_json::Value has already turned these into floats.
+    ("t", "bigint", {"n": 2**70, "m": -(2**65), "small": 1}),
 ]
+
+VALUE_INEXACT = {"bigint"}
 
 
 def v_for_args():
@@ -389,7 +394,10 @@ def v_for_args():
         for text in variants:
             # Argument order never matters.
             assert agentidemp.scoped_key(scope, tool, python_canonical(json.loads(text))) == key
-        out.append({"scope": scope, "tool": tool, "args_json": variants, "canonical": canonical, "key": key})
+        entry = {"scope": scope, "tool": tool, "args_json": variants, "canonical": canonical, "key": key}
+        if tool in VALUE_INEXACT:
+            entry["exact_from_text_only"] = True
+        out.append(entry)
     return out
 
 

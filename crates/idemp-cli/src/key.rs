@@ -51,6 +51,7 @@ enum KeyCommand {
         /// The scope (tenant, user, function name…): UTF-8 text.
         scope: OsString,
         /// The parts, as their bytes.
+        #[arg(value_name = "PART")]
         parts: Vec<OsString>,
     },
     /// Print the RFC 4122 UUIDv5 of NAME in a namespace (agentidemp uuid5_key).

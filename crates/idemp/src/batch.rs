@@ -215,10 +215,8 @@ impl CustomIds {
         use std::fmt::Write;
         let mut id = String::with_capacity(self.prefix.len() + HASH_HEX_LEN + 8);
         id.push_str(&self.prefix);
-        for b in head {
-            // Writing to a String never fails.
-            let _ = write!(id, "{b:02x}");
-        }
+        crate::key::push_hex(&mut id, head);
+        // Writing to a String never fails.
         let _ = write!(id, "-{occurrence}");
         debug_assert!(validate_custom_id(&id).is_ok(), "{id}");
         id

@@ -179,9 +179,9 @@ pub enum ToolError {
     Guard {
         /// The tool.
         tool: String,
-        /// The guard's error.
+        /// The guard's error (boxed: it is large and rare).
         #[source]
-        source: GuardError<ToolFailure>,
+        source: Box<GuardError<ToolFailure>>,
     },
 }
 
@@ -462,7 +462,7 @@ impl ToolRunner {
                         GuardError::Operation(failure) => failed(failure, 1),
                         source => ToolError::Guard {
                             tool: name.to_string(),
-                            source,
+                            source: Box::new(source),
                         },
                     })
             }
@@ -586,13 +586,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            matches!(
-                e,
-                ToolError::Guard {
-                    source: GuardError::Mismatch { .. },
-                    ..
-                }
-            ),
+            matches!(&e, ToolError::Guard { source, .. } if matches!(**source, GuardError::Mismatch { .. })),
             "{e}"
         );
         assert_eq!(calls.load(Ordering::SeqCst), 1);

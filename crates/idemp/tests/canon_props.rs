@@ -208,7 +208,10 @@ proptest! {
         prop_assert!(python.is_ascii());
         prop_assert_eq!(&Canonicalizer::new(Format::Python).canonicalize(&python).unwrap(), &python);
 
+        prop_assert_eq!(&Canonicalizer::new(Format::Python).canonicalize_value(&value).unwrap(), &python);
+
         let jcs = Canonicalizer::new(Format::Jcs).canonicalize(&text).unwrap();
+        prop_assert_eq!(&Canonicalizer::new(Format::Jcs).canonicalize_value(&value).unwrap(), &jcs);
         let mut from_value = Vec::new();
         write_jcs_value(&value, &mut from_value);
         prop_assert_eq!(jcs.as_bytes(), &from_value[..]);
@@ -221,10 +224,10 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
         for (canon, _) in all_canonicalizers() {
-            if let Err(e) = canon.canonicalize(&bytes) {
-                if let Some(at) = e.position() {
-                    prop_assert!(at.offset <= bytes.len());
-                }
+            if let Err(e) = canon.canonicalize(&bytes)
+                && let Some(at) = e.position()
+            {
+                prop_assert!(at.offset <= bytes.len());
             }
         }
     }

@@ -152,3 +152,17 @@ fn string_escaping_is_minimal() {
         "\"\\u0000\\b\\t\\n\\f\\r\\u001f\u{7f}\u{2028}é/\""
     );
 }
+
+/// Appendix E: string subtypes stay strings (and keys sort).
+#[test]
+fn appendix_e_string_subtypes() {
+    let input = r#"{
+  "time": "2019-01-28T07:45:10Z",
+  "big": "055",
+  "val": 3.5
+}"#;
+    assert_eq!(
+        jcs(input).unwrap(),
+        r#"{"big":"055","time":"2019-01-28T07:45:10Z","val":3.5}"#
+    );
+}

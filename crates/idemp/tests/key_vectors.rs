@@ -198,7 +198,19 @@ fn for_args_vectors() {
         let want = text(&v["key"]);
         let variants = v["args_json"].as_array().unwrap();
         for args_json in variants {
+            // From the text: exact for every vector.
+            assert_eq!(
+                key::for_args_json(scope, tool, text(args_json)).unwrap(),
+                want,
+                "{args_json}"
+            );
             let args: Value = serde_json::from_str(text(args_json)).unwrap();
+            if v.get("exact_from_text_only").is_some() {
+                // serde_json::Value has turned integers beyond 64 bits into floats:
+                // the documented reason to use for_args_json.
+                assert_ne!(key::for_args(scope, tool, &args), want);
+                continue;
+            }
             let mut canonical = Vec::new();
             idemp::canon::write_python_value(&args, &mut canonical);
             assert_eq!(

@@ -139,15 +139,11 @@ pub fn write_jcs_value(value: &Value, out: &mut Vec<u8>) {
 }
 
 fn write_tape_str(tape: &Tape<'_>, s: Str, out: &mut Vec<u8>) {
-    let bytes = tape.str(s);
     if s.decoded {
-        write_str(bytes, out);
+        write_str(tape.str(s), out);
     } else {
         // A raw input slice holds no quote, backslash or control character.
-        out.reserve(bytes.len() + 2);
-        out.push(b'"');
-        out.extend_from_slice(bytes);
-        out.push(b'"');
+        tape.write_raw_quoted(s, out);
     }
 }
 

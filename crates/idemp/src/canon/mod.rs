@@ -11,12 +11,26 @@
 //!   integers exact at any size, `NaN`/`Infinity` kept, duplicate keys: the last wins.
 //! - **jcs**: RFC 8785, the JSON Canonicalization Scheme: keys in UTF-16 order, numbers
 //!   as ECMAScript prints doubles, raw UTF-8, and errors on what I-JSON forbids
-//!   (duplicate keys, NaN, lone surrogates).
+//!   (duplicate keys, NaN, lone surrogates) anywhere in the input, in dropped parts
+//!   too: an input that is not I-JSON has no JCS form.
 //!
 //! Fields that change between attempts without changing the meaning (`id`, `usage`,
 //! `cache_control`…) are dropped first: by name at any depth (a [`Preset`] or
 //! [`Canonicalizer::drop_key`]) or by position ([`Canonicalizer::drop_path`], for a
 //! field whose name is also used by user data).
+//!
+//! ## What is accepted
+//!
+//! Exactly what CPython's `json.loads(bytes)` accepts, for UTF-8 input: `NaN`,
+//! `Infinity` and `-Infinity`; JSON whitespace only; no raw control characters in
+//! strings; a leading UTF-8 byte order mark is skipped; encoded lone surrogates
+//! (`ED A0 80`) are kept as lone surrogates, as Python's `surrogatepass` decoding does.
+//! Documented limits where Python has none or a variable one: nesting deeper than
+//! [`MAX_DEPTH`] (256) is an error (Python raises `RecursionError` somewhere between
+//! about 490 and 990 levels); integers of more than [`MAX_INT_DIGITS`] (4300) digits are
+//! an error, as in CPython 3.11+ (`ValueError`). UTF-16/32 input, which
+//! `json.loads(bytes)` also auto-detects, is not supported. Errors carry a byte offset,
+//! a line and a column ([`CanonError`]) and use Python's wording.
 //!
 //! ```
 //! use idemp::canon::{self, Canonicalizer, Format, Preset};
@@ -232,6 +246,34 @@ impl Canonicalizer {
     pub fn hash(&self, input: impl AsRef<[u8]>) -> Result<String, CanonError> {
         Ok(hex::encode(self.digest(input)?))
     }
+}
+
+impl Canonicalizer {
+    /// The canonical form of an already-parsed `serde_json::Value`, with this
+    /// canonicalizer's drop rules. (It is serialized and parsed again; without drop
+    /// rules, [`write_python_value`] and [`write_jcs_value`] write a `Value` directly.)
+    ///
+    /// ```
+    /// use idemp::canon::{Canonicalizer, Format, Preset};
+    /// let value = serde_json::json!({"id": "msg_1", "content": "hé"});
+    /// let canon = Canonicalizer::new(Format::Python).preset(Preset::Anthropic);
+    /// assert_eq!(canon.canonicalize_value(&value)?, r#"{"content":"h\u00e9"}"#);
+    /// # Ok::<(), idemp::canon::CanonError>(())
+    /// ```
+    pub fn canonicalize_value(&self, value: &serde_json::Value) -> Result<String, CanonError> {
+        self.canonicalize(value_text(value))
+    }
+
+    /// The SHA-256 hex of [`canonicalize_value`](Self::canonicalize_value).
+    pub fn hash_value(&self, value: &serde_json::Value) -> Result<String, CanonError> {
+        self.hash(value_text(value))
+    }
+}
+
+fn value_text(value: &serde_json::Value) -> Vec<u8> {
+    // Serializing a Value cannot fail (its map keys are strings); its floats are
+    // written in shortest round-trip form, so they parse back to the same doubles.
+    serde_json::to_vec(value).unwrap_or_default()
 }
 
 /// llm-message-hash-py `canonical_json(json.loads(input))`: the python-compat canonical

@@ -104,6 +104,25 @@ impl Tape<'_> {
         str_bytes(self.input, &self.decoded, s)
     }
 
+    /// Appends a raw (not decoded) string between quotes. Short strings are copied as
+    /// a fixed 16-byte block from the input and cut back, which avoids a `memcpy` call
+    /// per string.
+    pub(crate) fn write_raw_quoted(&self, s: Str, out: &mut Vec<u8>) {
+        debug_assert!(!s.decoded);
+        let (start, len) = (s.start as usize, s.len as usize);
+        out.reserve(len + 18);
+        out.push(b'"');
+        let at = out.len();
+        match self.input.get(start..).and_then(<[u8]>::first_chunk::<16>) {
+            Some(block) if len <= 16 => {
+                out.extend_from_slice(block);
+                out.truncate(at + len);
+            }
+            _ => out.extend_from_slice(&self.input[start..start + len]),
+        }
+        out.push(b'"');
+    }
+
     /// Gives the buffers back to this thread's pool for the next call (unless a huge
     /// input made them too big to keep around).
     pub(crate) fn recycle(self) {
@@ -771,10 +790,13 @@ const ASCII_MASK: u64 = 0x8080_8080_8080_8080;
 /// The first 8 bytes of `key`, big-endian and zero-padded: comparing two prefixes
 /// orders the keys as their bytes do, unless the prefixes are equal.
 fn key_prefix(key: &[u8]) -> u64 {
-    let mut bytes = [0u8; 8];
-    let n = key.len().min(8);
-    bytes[..n].copy_from_slice(&key[..n]);
-    u64::from_be_bytes(bytes)
+    match key.first_chunk::<8>() {
+        Some(first) => u64::from_be_bytes(*first),
+        None => key
+            .iter()
+            .enumerate()
+            .fold(0, |acc, (i, &b)| acc | u64::from(b) << (56 - 8 * i)),
+    }
 }
 
 /// Appends `cp` as UTF-8, surrogate code points included (3 bytes, `ED A0 80`…).

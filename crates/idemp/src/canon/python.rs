@@ -161,14 +161,10 @@ pub fn write_python_value(value: &Value, out: &mut Vec<u8>) {
 }
 
 fn write_tape_str(tape: &Tape<'_>, s: Str, out: &mut Vec<u8>) {
-    let bytes = tape.str(s);
     if s.plain {
-        out.reserve(bytes.len() + 2);
-        out.push(b'"');
-        out.extend_from_slice(bytes);
-        out.push(b'"');
+        tape.write_raw_quoted(s, out);
     } else {
-        write_str(bytes, out);
+        write_str(tape.str(s), out);
     }
 }
 

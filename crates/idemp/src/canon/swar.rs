@@ -11,17 +11,35 @@ fn word(s: &[u8], i: usize) -> u64 {
     u64::from_le_bytes(bytes)
 }
 
-/// Whether some byte of `w` is below `n` (exact for `n <= 128`).
+/// The high bit of each byte of `w` that is below `n` (`n <= 128`). Bits above the
+/// lowest set one may be false positives; the lowest is exact.
 #[inline(always)]
-fn any_below(w: u64, n: u8) -> bool {
-    w.wrapping_sub(LO * u64::from(n)) & !w & HI != 0
+fn below(w: u64, n: u8) -> u64 {
+    w.wrapping_sub(LO * u64::from(n)) & !w & HI
 }
 
-/// Whether some byte of `w` equals `b`.
+/// The high bit of each byte of `w` equal to `b` (exact up to the lowest set bit).
 #[inline(always)]
-fn any_eq(w: u64, b: u8) -> bool {
-    let x = w ^ (LO * u64::from(b));
-    x.wrapping_sub(LO) & !x & HI != 0
+fn equal(w: u64, b: u8) -> u64 {
+    below(w ^ (LO * u64::from(b)), 1)
+}
+
+/// The high bit of each byte of `w` that is `>= 0x7f` (exact: no carries cross bytes).
+#[inline(always)]
+fn at_least_del(w: u64) -> u64 {
+    (((w & !HI) + LO) | w) & HI
+}
+
+/// The high bit of each byte of `w` that ends a run of plain JSON string bytes.
+#[inline(always)]
+fn json_special(w: u64) -> u64 {
+    below(w, 0x20) | equal(w, b'"') | equal(w, b'\\')
+}
+
+/// The byte index in `w` of the lowest flagged byte of a non-zero mask.
+#[inline(always)]
+fn first(mask: u64) -> usize {
+    (mask.trailing_zeros() / 8) as usize
 }
 
 /// Whether `b` ends a run of plain JSON string bytes: `"`, `\` or a control character.
@@ -36,9 +54,9 @@ pub(crate) fn is_json_special(b: u8) -> bool {
 pub(crate) fn skip_json_plain(s: &[u8], from: usize) -> usize {
     let mut i = from;
     while i + 8 <= s.len() {
-        let w = word(s, i);
-        if any_below(w, 0x20) || any_eq(w, b'"') || any_eq(w, b'\\') {
-            break;
+        let m = json_special(word(s, i));
+        if m != 0 {
+            return i + first(m);
         }
         i += 8;
     }
@@ -56,11 +74,15 @@ pub(crate) fn skip_json_plain_ascii(s: &[u8], from: usize) -> (usize, bool) {
     let mut high = 0u64;
     while i + 8 <= s.len() {
         let w = word(s, i);
-        if any_below(w, 0x20) || any_eq(w, b'"') || any_eq(w, b'\\') {
-            break;
+        let m = json_special(w);
+        if m != 0 {
+            let n = first(m);
+            // Only the bytes before the special one count.
+            let before = (1u64 << (8 * n)).wrapping_sub(1);
+            high |= at_least_del(w) & before;
+            return (i + n, high == 0);
         }
-        // A byte is >= 0x7f iff its top bit is set or its low seven bits are all ones.
-        high |= (((w & !HI) + LO) | w) & HI;
+        high |= at_least_del(w);
         i += 8;
     }
     let mut ascii = high == 0;
@@ -78,13 +100,9 @@ pub(crate) fn skip_printable_ascii(s: &[u8], from: usize) -> usize {
     let mut i = from;
     while i + 8 <= s.len() {
         let w = word(s, i);
-        if w & HI != 0
-            || any_below(w, 0x20)
-            || any_eq(w, b'"')
-            || any_eq(w, b'\\')
-            || any_eq(w, 0x7f)
-        {
-            break;
+        let m = json_special(w) | at_least_del(w);
+        if m != 0 {
+            return i + first(m);
         }
         i += 8;
     }

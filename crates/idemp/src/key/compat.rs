@@ -33,16 +33,34 @@ pub(crate) const IK_PREFIX: &str = "ik_";
 /// Length of a hashed key: `"ik_"` + 32 lowercase hex digits.
 pub const HASHED_KEY_LEN: usize = 35;
 
-const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+/// Lowercase hex of every byte value, so formatting is one 2-byte copy per byte.
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut table = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        table[i] = [DIGITS[i >> 4], DIGITS[i & 0x0f]];
+        i += 1;
+    }
+    table
+};
+
+/// Appends the lowercase hex of `bytes` to `out`.
+pub(crate) fn push_hex(out: &mut String, bytes: &[u8]) {
+    for &byte in bytes {
+        let [hi, lo] = HEX_PAIRS[usize::from(byte)];
+        out.push(char::from(hi));
+        out.push(char::from(lo));
+    }
+}
 
 /// `"ik_"` + lowercase hex of the first 16 bytes of `digest`, formatted in a stack
 /// buffer and copied into one exactly-sized `String` allocation.
 pub(crate) fn ik_hex(digest: &[u8]) -> String {
     let mut buf = [0u8; HASHED_KEY_LEN];
     buf[..3].copy_from_slice(IK_PREFIX.as_bytes());
-    for (i, &b) in digest.iter().take(16).enumerate() {
-        buf[3 + 2 * i] = HEX_DIGITS[usize::from(b >> 4)];
-        buf[4 + 2 * i] = HEX_DIGITS[usize::from(b & 0x0f)];
+    for (out, &byte) in buf[3..].chunks_exact_mut(2).zip(digest) {
+        out.copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
     }
     // Every byte written is ASCII, so this never fails; an empty string would only be
     // returned if that invariant were broken.

@@ -39,6 +39,7 @@ mod error;
 use std::{borrow::Borrow, fmt, str::FromStr};
 
 pub use builder::{BUILDER_DOMAIN, KeyBuilder};
+pub(crate) use compat::push_hex;
 pub use compat::{
     HASHED_KEY_LEN, NAMESPACE_ANTHROPIC, NAMESPACE_DNS, NAMESPACE_OID, NAMESPACE_URL,
     NAMESPACE_X500, random_key, scoped_key, scoped_sha256_hex, sha256_hex, uuid5_key,
@@ -162,7 +163,9 @@ impl Key {
 ///     json.dumps(args, sort_keys=True, separators=(",", ":"), ensure_ascii=True))
 /// ```
 ///
-/// Like [`scoped_key`] it is not injective when `scope` or `tool_name` holds a NUL.
+/// Like [`scoped_key`] it is not injective when `scope` or `tool_name` holds a NUL (the
+/// canonical JSON never holds a raw NUL). A `serde_json::Value` holds integers only
+/// within the 64-bit range: for larger ones use [`for_args_json`] on the JSON text.
 ///
 /// ```
 /// use idemp::key::for_args;
@@ -176,6 +179,39 @@ pub fn for_args(scope: &str, tool_name: &str, args: &serde_json::Value) -> Key {
     let mut canonical = Vec::with_capacity(256);
     crate::canon::write_python_value(args, &mut canonical);
     Key::from_trusted(scoped_key(scope, [tool_name.as_bytes(), &canonical]))
+}
+
+/// [`for_args`] over the JSON *text* of the arguments (e.g. the `input` of a model's
+/// `tool_use` block as received), canonicalized directly from the text by
+/// [`canon`](crate::canon) in the python format.
+///
+/// It gives the same key as `for_args` on the parsed value, and also stays exact where
+/// a `serde_json::Value` cannot: integers beyond the 64-bit range (Python keeps them
+/// exact; `serde_json` turns them into floats), and duplicate keys (the last wins, as in
+/// `json.loads`).
+///
+/// ```
+/// use idemp::key::{for_args, for_args_json};
+/// use serde_json::json;
+///
+/// let k = for_args_json("agent-7", "charge", r#"{"cents": 1999, "currency": "usd"}"#)?;
+/// assert_eq!(k, for_args("agent-7", "charge", &json!({"currency": "usd", "cents": 1999})));
+/// assert!(for_args_json("agent-7", "charge", "{not json").is_err());
+/// # Ok::<(), idemp::canon::CanonError>(())
+/// ```
+pub fn for_args_json(
+    scope: &str,
+    tool_name: &str,
+    args_json: impl AsRef<[u8]>,
+) -> Result<Key, crate::canon::CanonError> {
+    let args_json = args_json.as_ref();
+    let mut canonical = Vec::with_capacity(args_json.len());
+    crate::canon::Canonicalizer::new(crate::canon::Format::Python)
+        .write(args_json, &mut canonical)?;
+    Ok(Key::from_trusted(scoped_key(
+        scope,
+        [tool_name.as_bytes(), &canonical],
+    )))
 }
 
 /// Checks that `key` is a valid [`Key`] (1–255 bytes of visible ASCII) without
