@@ -82,7 +82,7 @@ use std::time::Duration;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster_async::ClusterConnection;
 use ::redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-use ::redis::{Cmd, ErrorKind, RedisError, Script, ScriptInvocation, ServerErrorKind, Value};
+use ::redis::{Cmd, ErrorKind, RedisError, Script, ServerErrorKind, Value};
 
 use super::*;
 use crate::clock::{Millis, SharedClock, duration_ms};
@@ -385,12 +385,28 @@ impl RedisStore {
         }
     }
 
-    async fn eval(&self, inv: &ScriptInvocation<'_>, id: &RecordKey) -> StoreResult<Value> {
-        let result = match &self.conn {
-            Conn::Single(c) => inv.invoke_async(&mut c.clone()).await,
-            Conn::Cluster(c) => inv.invoke_async(&mut c.clone()).await,
-        };
+    /// Runs `EVALSHA` of `script` on one key with `args`; loads the script and retries
+    /// once when the server does not know it (`NOSCRIPT`: first use, restart, flush).
+    async fn eval(&self, script: &Script, cmd: &Cmd, id: &RecordKey) -> StoreResult<Value> {
+        let mut result = self.send(cmd).await;
+        if matches!(&result, Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript)) {
+            let loaded = match &self.conn {
+                Conn::Single(c) => script.load_async(&mut c.clone()).await,
+                Conn::Cluster(c) => script.load_async(&mut c.clone()).await,
+            };
+            result = match loaded {
+                Ok(_) => self.send(cmd).await,
+                Err(e) => Err(e),
+            };
+        }
         result.map_err(|e| self.map_err(e, Some(id)))
+    }
+
+    async fn send(&self, cmd: &Cmd) -> Result<Value, RedisError> {
+        match &self.conn {
+            Conn::Single(c) => cmd.query_async(&mut c.clone()).await,
+            Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+        }
     }
 
     /// A keyed command (routed by its key in a cluster).
@@ -554,9 +570,13 @@ impl RedisStore {
     }
 
     async fn get_by_key(&self, rkey: &[u8], id: &RecordKey) -> StoreResult<Option<Record>> {
-        let mut inv = SCRIPTS.get.prepare_invoke();
-        inv.key(rkey).arg(self.now_arg());
-        let v = self.eval(&inv, id).await?;
+        let v = self
+            .eval(
+                &SCRIPTS.get,
+                evalsha(&SCRIPTS.get, rkey).arg(self.now_arg()),
+                id,
+            )
+            .await?;
         let items = array(v, id)?;
         if int_at(&items, 0, id)? == 0 {
             return Ok(None);
@@ -594,25 +614,37 @@ impl RedisStore {
         outcome: Outcome,
         ttl: Duration,
     ) -> StoreResult<()> {
-        let key = self.layout.record_key(id);
-        let mut inv = SCRIPTS.settle.prepare_invoke();
-        inv.key(&key)
-            .arg(token)
-            .arg(state)
-            .arg(outcome.bytes)
-            .arg(outcome.codec.as_u8())
-            .arg(outcome.compression.as_u8())
-            .arg(ms(ttl))
-            .arg(self.now_arg())
-            .arg(self.guard())
-            .arg(self.layout.channel())
-            .arg(record_digest(id));
-        let items = array(self.eval(&inv, id).await?, id)?;
+        let (key, digest) = self.layout.locate(id);
+        let v = self
+            .eval(
+                &SCRIPTS.settle,
+                evalsha(&SCRIPTS.settle, key.as_bytes())
+                    .arg(token)
+                    .arg(state)
+                    .arg(&outcome.bytes)
+                    .arg(outcome.codec.as_u8())
+                    .arg(outcome.compression.as_u8())
+                    .arg(ms(ttl))
+                    .arg(self.now_arg())
+                    .arg(self.guard())
+                    .arg(self.layout.channel())
+                    .arg(digest),
+                id,
+            )
+            .await?;
+        let items = array(v, id)?;
         match int_at(&items, 0, id)? {
             1 | 2 => Ok(()),
             _ => Err(self.fenced(id, token, &items)),
         }
     }
+}
+
+/// `EVALSHA <script> 1 <key>`; the caller appends the arguments.
+fn evalsha(script: &Script, key: &[u8]) -> Cmd {
+    let mut cmd = ::redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(1).arg(key);
+    cmd
 }
 
 /// Whether a Redis error means "the store cannot be reached / cannot serve now".
@@ -758,14 +790,18 @@ fn parse_record(id: &RecordKey, f: &[Value]) -> StoreResult<Record> {
         "f" => (State::Failed(outcome()?), Some(num(7, "expires")?)),
         other => return Err(corrupt(id, format!("unknown state `{other}`"))),
     };
+    let created_at = num(4, "created")?;
     Ok(Record {
         id: id.clone(),
         fingerprint,
         state,
         token: num(1, "token")?,
-        attempts: u32::try_from(num(3, "attempts")?).unwrap_or(u32::MAX),
-        created_at: num(4, "created")?,
-        updated_at: num(5, "updated")?,
+        attempts: f
+            .get(3)
+            .and_then(as_u64)
+            .map_or(1, |a| u32::try_from(a).unwrap_or(u32::MAX)),
+        created_at,
+        updated_at: f.get(5).and_then(as_u64).unwrap_or(created_at),
         expires_at,
     })
 }
@@ -774,22 +810,27 @@ fn parse_record(id: &RecordKey, f: &[Value]) -> StoreResult<Record> {
 impl Store for RedisStore {
     async fn claim(&self, claim: &Claim) -> StoreResult<ClaimOutcome> {
         let id = &claim.id;
-        let key = self.layout.record_key(id);
+        let (key, _) = self.layout.locate(id);
         let fp: &[u8] = match &claim.fingerprint {
             Some(f) => &f.0,
             None => &[],
         };
-        let mut inv = SCRIPTS.claim.prepare_invoke();
-        inv.key(&key)
-            .arg(&id.scope)
-            .arg(&id.key)
-            .arg(fp)
-            .arg(ms(claim.lease))
-            .arg(ms(claim.ttl))
-            .arg(if claim.take_over_expired { "1" } else { "0" })
-            .arg(self.now_arg())
-            .arg(self.guard());
-        let items = array(self.eval(&inv, id).await?, id)?;
+        let v = self
+            .eval(
+                &SCRIPTS.claim,
+                evalsha(&SCRIPTS.claim, key.as_bytes())
+                    .arg(&id.scope)
+                    .arg(&id.key)
+                    .arg(fp)
+                    .arg(ms(claim.lease))
+                    .arg(ms(claim.ttl))
+                    .arg(if claim.take_over_expired { "1" } else { "0" })
+                    .arg(self.now_arg())
+                    .arg(self.guard()),
+                id,
+            )
+            .await?;
+        let items = array(v, id)?;
         match int_at(&items, 0, id)? {
             1 => {
                 let prev = int_at(&items, 3, id)?;
@@ -827,15 +868,20 @@ impl Store for RedisStore {
     }
 
     async fn release(&self, id: &RecordKey, token: Token) -> StoreResult<()> {
-        let key = self.layout.record_key(id);
-        let mut inv = SCRIPTS.release.prepare_invoke();
-        inv.key(&key)
-            .arg(token)
-            .arg(self.now_arg())
-            .arg(self.guard())
-            .arg(self.layout.channel())
-            .arg(record_digest(id));
-        let items = array(self.eval(&inv, id).await?, id)?;
+        let (key, digest) = self.layout.locate(id);
+        let v = self
+            .eval(
+                &SCRIPTS.release,
+                evalsha(&SCRIPTS.release, key.as_bytes())
+                    .arg(token)
+                    .arg(self.now_arg())
+                    .arg(self.guard())
+                    .arg(self.layout.channel())
+                    .arg(digest),
+                id,
+            )
+            .await?;
+        let items = array(v, id)?;
         match int_at(&items, 0, id)? {
             1 => Ok(()),
             _ => Err(self.fenced(id, token, &items)),
@@ -843,14 +889,19 @@ impl Store for RedisStore {
     }
 
     async fn renew(&self, id: &RecordKey, token: Token, lease: Duration) -> StoreResult<Millis> {
-        let key = self.layout.record_key(id);
-        let mut inv = SCRIPTS.renew.prepare_invoke();
-        inv.key(&key)
-            .arg(token)
-            .arg(ms(lease))
-            .arg(self.now_arg())
-            .arg(self.guard());
-        let items = array(self.eval(&inv, id).await?, id)?;
+        let (key, _) = self.layout.locate(id);
+        let v = self
+            .eval(
+                &SCRIPTS.renew,
+                evalsha(&SCRIPTS.renew, key.as_bytes())
+                    .arg(token)
+                    .arg(ms(lease))
+                    .arg(self.now_arg())
+                    .arg(self.guard()),
+                id,
+            )
+            .await?;
+        let items = array(v, id)?;
         match int_at(&items, 0, id)? {
             1 => int_at(&items, 1, id),
             _ => Err(self.fenced(id, token, &items)),
@@ -899,14 +950,18 @@ impl Store for RedisStore {
     }
 
     async fn purge(&self, id: &RecordKey) -> StoreResult<bool> {
-        let key = self.layout.record_key(id);
-        let mut inv = SCRIPTS.purge.prepare_invoke();
-        inv.key(&key)
-            .arg(self.now_arg())
-            .arg(self.guard())
-            .arg(self.layout.channel())
-            .arg(record_digest(id));
-        let v = self.eval(&inv, id).await?;
+        let (key, digest) = self.layout.locate(id);
+        let v = self
+            .eval(
+                &SCRIPTS.purge,
+                evalsha(&SCRIPTS.purge, key.as_bytes())
+                    .arg(self.now_arg())
+                    .arg(self.guard())
+                    .arg(self.layout.channel())
+                    .arg(digest),
+                id,
+            )
+            .await?;
         Ok(as_u64(&v) == Some(1))
     }
 

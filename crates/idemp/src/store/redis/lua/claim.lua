@@ -8,32 +8,59 @@ local now = now_ms(ARGV[7])
 local h = redis.call('HMGET', k, 'state', 'token', 'scope', 'key', 'fp', 'lease_until',
   'expires', 'attempts', 'created')
 local seq = tonumber(h[2]) or 0
+local token = seq + 1
+if now > token then
+  token = now
+end
+local lease = tonumber(ARGV[4])
+local ttl = tonumber(ARGV[5])
+local lease_until = now + lease
+local retain = lease
+if ttl > retain then
+  retain = ttl
+end
+local s_now = fmt('%d', now)
+
+if not h[1] then
+  -- fast path: a fresh key
+  if ARGV[3] == '' then
+    redis.call('HSET', k, 'state', 'p', 'token', fmt('%d', token), 'scope', ARGV[1],
+      'key', ARGV[2], 'created', s_now, 'lease_until', fmt('%d', lease_until), 'ttl', ARGV[5])
+  else
+    redis.call('HSET', k, 'state', 'p', 'token', fmt('%d', token), 'scope', ARGV[1],
+      'key', ARGV[2], 'fp', ARGV[3], 'created', s_now, 'lease_until', fmt('%d', lease_until),
+      'ttl', ARGV[5])
+  end
+  keep(k, retain, token, now, tonumber(ARGV[8]))
+  return {1, token, lease_until, 0, 1}
+end
+
 local prev = 0
 local attempts = 1
-local created = now
+local created = s_now
 if is_live(h[1], h[7], now) then
   if h[3] ~= ARGV[1] or h[4] ~= ARGV[2] then
     return redis.error_reply('IDEMP_COLLISION two record ids share the key ' .. k)
   end
-  if ARGV[3] ~= '' and h[5] and h[5] ~= '' and h[5] ~= ARGV[3] then
+  if ARGV[3] ~= '' and h[5] and h[5] ~= ARGV[3] then
     return record(k, 3, now)
   end
   if h[1] ~= 'p' or tonumber(h[6]) > now or ARGV[6] ~= '1' then
     return record(k, 2, now)
   end
+  -- take over an expired lease
   prev = seq
   attempts = (tonumber(h[8]) or 1) + 1
-  created = tonumber(h[9]) or now
-elseif h[1] then
-  -- a tombstone or an expired settled record: start afresh, keeping the counter
-  redis.call('DEL', k)
+  created = h[9] or s_now
 end
-local token = math.max(seq + 1, now)
-local lease = tonumber(ARGV[4])
-local ttl = tonumber(ARGV[5])
-local lease_until = now + lease
-redis.call('HSET', k, 'state', 'p', 'token', token, 'scope', ARGV[1], 'key', ARGV[2],
-  'fp', ARGV[3], 'attempts', attempts, 'created', created, 'updated', now,
-  'lease_until', lease_until, 'ttl', ttl)
-keep(k, math.max(lease, ttl), token, now, tonumber(ARGV[8]))
+-- a tombstone, an expired settled record, or a taken-over lease: start afresh,
+-- keeping the counter
+redis.call('DEL', k)
+redis.call('HSET', k, 'state', 'p', 'token', fmt('%d', token), 'scope', ARGV[1], 'key', ARGV[2],
+  'attempts', fmt('%d', attempts), 'created', created, 'updated', s_now,
+  'lease_until', fmt('%d', lease_until), 'ttl', ARGV[5])
+if ARGV[3] ~= '' then
+  redis.call('HSET', k, 'fp', ARGV[3])
+end
+keep(k, retain, token, now, tonumber(ARGV[8]))
 return {1, token, lease_until, prev, attempts}

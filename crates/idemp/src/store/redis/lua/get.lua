@@ -2,12 +2,11 @@
 -- Reply: {2, now, F..., scope, key} when live, else {0, now}.
 local k = KEYS[1]
 local now = now_ms(ARGV[1])
-local h = redis.call('HMGET', k, 'state', 'expires')
-if not is_live(h[1], h[2], now) then
+local r = redis.call('HMGET', k, 'state', 'token', 'fp', 'attempts', 'created', 'updated',
+  'lease_until', 'expires', 'codec', 'compression', 'outcome', 'scope', 'key')
+if not is_live(r[1], r[8], now) then
   return {0, now}
 end
-local r = record(k, 2, now)
-local id = redis.call('HMGET', k, 'scope', 'key')
-table.insert(r, id[1])
-table.insert(r, id[2])
+table.insert(r, 1, now)
+table.insert(r, 1, 2)
 return r

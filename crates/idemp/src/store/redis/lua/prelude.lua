@@ -1,15 +1,18 @@
 -- idemp Redis store: shared prelude of every script (see store/redis/mod.rs).
 --
 -- One hash per record. Fields: scope, key, state ('p' in progress, 'c' completed,
--- 'f' failed, 't' tombstone), token, fp (raw 32-byte SHA-256 or ''), attempts,
--- created, updated, lease_until, ttl, expires, codec, compression, outcome.
+-- 'f' failed, 't' tombstone), token, fp (raw 32-byte SHA-256, absent when none),
+-- attempts (absent: 1), created, updated (absent: created), lease_until, ttl,
+-- expires, codec, compression, outcome.
 --
 -- Tokens are hybrid logical clock values: token = max(previous token + 1, now_ms).
 -- The previous token survives a release or purge in a tombstone (state 't') that is
 -- kept until the clock has passed it (plus a guard), so tokens stay strictly
 -- increasing per key even after the record is gone.
-local F = {'state', 'token', 'fp', 'attempts', 'created', 'updated', 'lease_until',
-  'expires', 'codec', 'compression', 'outcome'}
+--
+-- Numbers are passed to redis.call as strings made with string.format('%d'): Redis
+-- would otherwise format Lua numbers with '%.17g', which costs more than the command.
+local fmt = string.format
 
 -- Milliseconds since the epoch from the server's clock (one clock for every worker),
 -- or the caller's override (tests).
@@ -42,12 +45,14 @@ local function keep(k, ms, token, now, guard)
   if ms < 1 then
     ms = 1
   end
-  redis.call('PEXPIRE', k, ms)
+  redis.call('PEXPIRE', k, fmt('%d', ms))
 end
 
--- The full record as a reply: {code, now, F...}.
+-- The full record as a reply: {code, now, state, token, fp, attempts, created,
+-- updated, lease_until, expires, codec, compression, outcome}.
 local function record(k, code, now)
-  local r = redis.call('HMGET', k, unpack(F))
+  local r = redis.call('HMGET', k, 'state', 'token', 'fp', 'attempts', 'created', 'updated',
+    'lease_until', 'expires', 'codec', 'compression', 'outcome')
   table.insert(r, 1, now)
   table.insert(r, 1, code)
   return r
@@ -56,7 +61,7 @@ end
 -- Replaces the record by a tombstone that only keeps the token counter.
 local function tombstone(k, token, now, guard)
   redis.call('DEL', k)
-  redis.call('HSET', k, 'state', 't', 'token', token)
+  redis.call('HSET', k, 'state', 't', 'token', fmt('%d', token))
   keep(k, 0, token, now, guard)
 end
 

@@ -4,10 +4,9 @@
 local k = KEYS[1]
 local now = now_ms(ARGV[2])
 local h = redis.call('HMGET', k, 'state', 'token', 'expires')
-local token = tonumber(ARGV[1])
-if h[1] ~= 'p' or tonumber(h[2]) ~= token then
+if h[1] ~= 'p' or h[2] ~= ARGV[1] then
   return fenced(h[1], h[2], h[3], now)
 end
-tombstone(k, token, now, tonumber(ARGV[3]))
+tombstone(k, tonumber(ARGV[1]), now, tonumber(ARGV[3]))
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 return {1}

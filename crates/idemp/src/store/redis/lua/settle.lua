@@ -6,9 +6,8 @@
 local k = KEYS[1]
 local now = now_ms(ARGV[7])
 local h = redis.call('HMGET', k, 'state', 'token', 'expires')
-local token = tonumber(ARGV[1])
-if h[1] ~= 'p' or tonumber(h[2]) ~= token then
-  if h[1] == ARGV[2] and tonumber(h[2]) == token and is_live(h[1], h[3], now) then
+if h[1] ~= 'p' or h[2] ~= ARGV[1] then
+  if h[1] == ARGV[2] and h[2] == ARGV[1] and is_live(h[1], h[3], now) then
     return {2}
   end
   return fenced(h[1], h[2], h[3], now)
@@ -16,7 +15,7 @@ end
 local ttl = tonumber(ARGV[6])
 local expires = now + ttl
 redis.call('HSET', k, 'state', ARGV[2], 'outcome', ARGV[3], 'codec', ARGV[4],
-  'compression', ARGV[5], 'updated', now, 'expires', expires)
-keep(k, ttl, token, now, tonumber(ARGV[8]))
+  'compression', ARGV[5], 'updated', fmt('%d', now), 'expires', fmt('%d', expires))
+keep(k, ttl, tonumber(ARGV[1]), now, tonumber(ARGV[8]))
 redis.call('PUBLISH', ARGV[9], ARGV[10])
 return {1, expires}
