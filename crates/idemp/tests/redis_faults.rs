@@ -169,8 +169,9 @@ async fn wait_for_completions(s: &Storm, n: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_restart_mid_storm_runs_nothing_twice_and_recovers() {
-    let server = Arc::new(Mutex::new(PrivateRedis::start(&[])));
-    let store = Arc::new(private_store(&server.lock(), &unique_prefix("restart")).await);
+    let private = PrivateRedis::start(&[]);
+    let store = Arc::new(private_store(&private, &unique_prefix("restart")).await);
+    let server = Arc::new(Mutex::new(private));
     let keys = 400;
     let srv = server.clone();
     let s = storm(store.clone(), keys, 64, |s| async move {
