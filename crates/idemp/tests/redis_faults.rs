@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use idemp::store::redis::{RedisOptions, RedisStore};
-use idemp::store::{Claim, ClaimOutcome, Codec, Outcome, RecordKey, State, Store, StoreUrl};
+use idemp::store::{
+    Claim, ClaimOutcome, Codec, Outcome, RecordKey, State, Store, StoreError, StoreUrl,
+};
 use parking_lot::Mutex;
 use redis_support::*;
 
@@ -86,6 +88,13 @@ where
                                     .await
                                 {
                                     Ok(()) => {
+                                        state.completed.fetch_add(1, Ordering::SeqCst);
+                                        break;
+                                    }
+                                    // our settle landed but its reply was lost
+                                    Err(StoreError::Fenced {
+                                        current: Some(c), ..
+                                    }) if c == token => {
                                         state.completed.fetch_add(1, Ordering::SeqCst);
                                         break;
                                     }

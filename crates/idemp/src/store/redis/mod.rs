@@ -63,8 +63,9 @@
 //! up at-most-once while Redis is down. A write whose reply was lost may have been
 //! applied: a retried `claim` then finds the caller's own live claim (the key stays
 //! blocked until the lease passes: safe, never a double run), and a retried
-//! `complete`/`fail` with the same token that finds the record already settled in the
-//! same state succeeds without changing it.
+//! `complete`/`fail` gets [`StoreError::Fenced`] with `current` equal to the caller's
+//! own token (a settled record has no owner): only that token's owner can have settled
+//! it, so the caller knows its settle landed.
 //!
 //! # Durability
 //!
@@ -103,6 +104,9 @@ const CLIENT_CLOCK_GUARD_MS: u64 = 3_600_000;
 const MAX_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
 /// Poll interval of `wait` while notifications flow (a safety net only).
 const NOTIFIED_POLL: Duration = Duration::from_millis(500);
+/// `SCAN … COUNT`: `list` and `stats` walk the whole database (every prefix), so large
+/// steps save round trips.
+const SCAN_COUNT: usize = 5_000;
 /// Keys fetched per batch by `list` and `stats`.
 const BATCH: usize = 256;
 
@@ -482,7 +486,7 @@ impl RedisStore {
                         .arg("MATCH")
                         .arg(pattern)
                         .arg("COUNT")
-                        .arg(1000)
+                        .arg(SCAN_COUNT)
                         .query_async(&mut c)
                         .await
                         .map_err(|e| self.map_err(e, None))?;
@@ -503,7 +507,7 @@ impl RedisStore {
                             .arg("MATCH")
                             .arg(pattern)
                             .arg("COUNT")
-                            .arg(1000);
+                            .arg(SCAN_COUNT);
                         let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
                             host: host.clone(),
                             port,
@@ -634,7 +638,7 @@ impl RedisStore {
             .await?;
         let items = array(v, id)?;
         match int_at(&items, 0, id)? {
-            1 | 2 => Ok(()),
+            1 => Ok(()),
             _ => Err(self.fenced(id, token, &items)),
         }
     }

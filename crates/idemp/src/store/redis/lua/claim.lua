@@ -38,6 +38,7 @@ end
 local prev = 0
 local attempts = 1
 local created = s_now
+local fp = ARGV[3]
 if is_live(h[1], h[7], now) then
   if h[3] ~= ARGV[1] or h[4] ~= ARGV[2] then
     return redis.error_reply('IDEMP_COLLISION two record ids share the key ' .. k)
@@ -52,6 +53,10 @@ if is_live(h[1], h[7], now) then
   prev = seq
   attempts = (tonumber(h[8]) or 1) + 1
   created = h[9] or s_now
+  if fp == '' then
+    -- a takeover without fingerprint keeps the stored one
+    fp = h[5] or ''
+  end
 end
 -- a tombstone, an expired settled record, or a taken-over lease: start afresh,
 -- keeping the counter
@@ -59,8 +64,8 @@ redis.call('DEL', k)
 redis.call('HSET', k, 'state', 'p', 'token', fmt('%d', token), 'scope', ARGV[1], 'key', ARGV[2],
   'attempts', fmt('%d', attempts), 'created', created, 'updated', s_now,
   'lease_until', fmt('%d', lease_until), 'ttl', ARGV[5])
-if ARGV[3] ~= '' then
-  redis.call('HSET', k, 'fp', ARGV[3])
+if fp ~= '' then
+  redis.call('HSET', k, 'fp', fp)
 end
 keep(k, retain, token, now, tonumber(ARGV[8]))
 return {1, token, lease_until, prev, attempts}

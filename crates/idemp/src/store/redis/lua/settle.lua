@@ -1,15 +1,12 @@
 -- complete / fail: KEYS[1] record.
 -- ARGV: 1 token, 2 state ('c'/'f'), 3 outcome bytes, 4 codec, 5 compression, 6 ttl ms,
 --       7 now override, 8 guard ms, 9 channel, 10 message.
--- Reply: {1, expires} settled | {2} already settled by this token in this state
---      | {0[, current]} fenced.
+-- Reply: {1, expires} settled | {0[, current]} fenced (a settled record has no owner,
+--      even for the token that settled it).
 local k = KEYS[1]
 local now = now_ms(ARGV[7])
 local h = redis.call('HMGET', k, 'state', 'token', 'expires')
 if h[1] ~= 'p' or h[2] ~= ARGV[1] then
-  if h[1] == ARGV[2] and h[2] == ARGV[1] and is_live(h[1], h[3], now) then
-    return {2}
-  end
   return fenced(h[1], h[2], h[3], now)
 end
 local ttl = tonumber(ARGV[6])
