@@ -47,9 +47,11 @@
 //!   run), and is reclaimed by Redis once its ttl passes too, like a settled record
 //!   nobody asks about. Scripts also compare `expires` with the clock, so a record is
 //!   invisible from the exact millisecond it expires. [`Store::sweep`] returns 0.
-//! * **Notifications**: settle/release/purge publish the record digest on
-//!   `<prefix>:settled`; [`Store::wait`] uses one shared subscriber connection per store
-//!   and falls back to polling (see `notify`).
+//! * **Notifications**: [`Store::wait`] marks the in-progress record as waited for
+//!   (field `w`, in the same script that reads it); settle/release/purge of a marked
+//!   record publish its digest on `<prefix>:settled` (unmarked ones skip the
+//!   `PUBLISH`: most executions have no waiter). One shared subscriber connection per
+//!   store fans the messages out; polling is the fallback (see `notify`).
 //! * **`list` and `stats`** are administrative: they `SCAN` the prefix (every master
 //!   in a cluster) and read each record, `O(records)` per call; `list` sorts what it
 //!   found by (scope, key) and returns the page after `after`.
@@ -90,9 +92,9 @@ use crate::clock::{Millis, SharedClock, duration_ms};
 
 pub use durability::DurabilityReport;
 pub use layout::DEFAULT_PREFIX;
+use layout::Layout;
 #[cfg(test)]
-use layout::digest_of_key;
-use layout::{Layout, record_digest};
+use layout::{digest_of_key, record_digest};
 use notify::Notifier;
 
 /// Tokens stay unique while the server clock steps back by less than this (real clock).
@@ -573,11 +575,21 @@ impl RedisStore {
         Ok(out)
     }
 
-    async fn get_by_key(&self, rkey: &[u8], id: &RecordKey) -> StoreResult<Option<Record>> {
+    /// Reads a record; with `watch`, an in-progress record is marked as waited for, so
+    /// that its settle, release or purge publishes a notification (they skip the
+    /// `PUBLISH` when nobody waits).
+    async fn get_by_key(
+        &self,
+        rkey: &[u8],
+        id: &RecordKey,
+        watch: bool,
+    ) -> StoreResult<Option<Record>> {
         let v = self
             .eval(
                 &SCRIPTS.get,
-                evalsha(&SCRIPTS.get, rkey).arg(self.now_arg()),
+                evalsha(&SCRIPTS.get, rkey)
+                    .arg(self.now_arg())
+                    .arg(if watch { "1" } else { "0" }),
                 id,
             )
             .await?;
@@ -636,11 +648,16 @@ impl RedisStore {
                 id,
             )
             .await?;
-        let items = array(v, id)?;
-        match int_at(&items, 0, id)? {
-            1 => Ok(()),
-            _ => Err(self.fenced(id, token, &items)),
+        self.settled(v, id, token)
+    }
+
+    /// The reply of `settle` and `release`: 1, or `{0[, current]}` when fenced.
+    fn settled(&self, v: Value, id: &RecordKey, token: Token) -> StoreResult<()> {
+        if as_u64(&v) == Some(1) {
+            return Ok(());
         }
+        let items = array(v, id)?;
+        Err(self.fenced(id, token, &items))
     }
 }
 
@@ -834,6 +851,15 @@ impl Store for RedisStore {
                 id,
             )
             .await?;
+        if let Some(token) = as_u64(&v) {
+            // a fresh claim: the token is the server's clock
+            return Ok(ClaimOutcome::Acquired {
+                token,
+                lease_until: token.saturating_add(ms(claim.lease)),
+                takeover: None,
+                attempt: 1,
+            });
+        }
         let items = array(v, id)?;
         match int_at(&items, 0, id)? {
             1 => {
@@ -885,11 +911,7 @@ impl Store for RedisStore {
                 id,
             )
             .await?;
-        let items = array(v, id)?;
-        match int_at(&items, 0, id)? {
-            1 => Ok(()),
-            _ => Err(self.fenced(id, token, &items)),
-        }
+        self.settled(v, id, token)
     }
 
     async fn renew(&self, id: &RecordKey, token: Token, lease: Duration) -> StoreResult<Millis> {
@@ -914,7 +936,7 @@ impl Store for RedisStore {
 
     async fn get(&self, id: &RecordKey) -> StoreResult<Option<Record>> {
         let key = self.layout.record_key(id);
-        self.get_by_key(key.as_bytes(), id).await
+        self.get_by_key(key.as_bytes(), id, false).await
     }
 
     async fn list(&self, query: &ListQuery) -> StoreResult<Page> {
@@ -944,7 +966,7 @@ impl Store for RedisStore {
         } else {
             None
         };
-        let futs = found.iter().map(|(id, k)| self.get_by_key(k, id));
+        let futs = found.iter().map(|(id, k)| self.get_by_key(k, id, false));
         let records = futures_util::future::try_join_all(futs)
             .await?
             .into_iter()
@@ -1014,7 +1036,8 @@ impl Store for RedisStore {
 
     async fn wait(&self, id: &RecordKey, timeout: Duration) -> StoreResult<Option<Record>> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let registration = self.notifier.register(&record_digest(id));
+        let (key, digest) = self.layout.locate(id);
+        let registration = self.notifier.register(&digest);
         self.notifier
             .ensure_started(self.pubsub_clients.clone(), self.layout.channel());
         let mut fast = Duration::from_millis(2);
@@ -1024,7 +1047,7 @@ impl Store for RedisStore {
             let notified = registration.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let rec = self.get(id).await?;
+            let rec = self.get_by_key(key.as_bytes(), id, true).await?;
             if !matches!(&rec, Some(r) if !r.state.is_settled()) {
                 return Ok(rec);
             }

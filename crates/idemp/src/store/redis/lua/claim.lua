@@ -1,17 +1,13 @@
 -- claim: KEYS[1] record.
 -- ARGV: 1 scope, 2 key, 3 fingerprint (raw bytes or ''), 4 lease ms, 5 ttl ms,
 --       6 take over expired ('1'/'0'), 7 now override, 8 guard ms.
--- Reply: {1, token, lease_until, previous token (0: none), attempt}
+-- Reply: token (an integer: a fresh claim whose token is the clock, lease_until =
+--        token + lease; the common case, kept small)
+--      | {1, token, lease_until, previous token (0: none), attempt}
 --      | {2, now, F...} existing | {3, now, F...} fingerprint mismatch.
 local k = KEYS[1]
 local now = now_ms(ARGV[7])
-local h = redis.call('HMGET', k, 'state', 'token', 'scope', 'key', 'fp', 'lease_until',
-  'expires', 'attempts', 'created')
-local seq = tonumber(h[2]) or 0
-local token = seq + 1
-if now > token then
-  token = now
-end
+local state = redis.call('HGET', k, 'state')
 local lease = tonumber(ARGV[4])
 local ttl = tonumber(ARGV[5])
 local lease_until = now + lease
@@ -21,8 +17,16 @@ if ttl > retain then
 end
 local s_now = fmt('%d', now)
 
-if not h[1] then
+if not state then
   -- fast path: a fresh key
+  local token = now
+  if token < 1 then
+    token = 1
+  end
+  local reply = {1, token, lease_until, 0, 1}
+  if token == now then
+    reply = token
+  end
   if ARGV[3] == '' then
     redis.call('HSET', k, 'state', 'p', 'token', fmt('%d', token), 'scope', ARGV[1],
       'key', ARGV[2], 'created', s_now, 'lease_until', fmt('%d', lease_until), 'ttl', ARGV[5])
@@ -32,9 +36,16 @@ if not h[1] then
       'ttl', ARGV[5])
   end
   keep(k, retain, token, now, tonumber(ARGV[8]))
-  return {1, token, lease_until, 0, 1}
+  return reply
 end
 
+local h = redis.call('HMGET', k, 'state', 'token', 'scope', 'key', 'fp', 'lease_until',
+  'expires', 'attempts', 'created', 'w')
+local seq = tonumber(h[2]) or 0
+local token = seq + 1
+if now > token then
+  token = now
+end
 local prev = 0
 local attempts = 1
 local created = s_now
@@ -57,10 +68,18 @@ if is_live(h[1], h[7], now) then
     -- a takeover without fingerprint keeps the stored one
     fp = h[5] or ''
   end
+  -- and keeps its waiters
+  if h[10] then
+    redis.call('DEL', k)
+    redis.call('HSET', k, 'w', '1')
+  else
+    redis.call('DEL', k)
+  end
+else
+  redis.call('DEL', k)
 end
 -- a tombstone, an expired settled record, or a taken-over lease: start afresh,
 -- keeping the counter
-redis.call('DEL', k)
 redis.call('HSET', k, 'state', 'p', 'token', fmt('%d', token), 'scope', ARGV[1], 'key', ARGV[2],
   'attempts', fmt('%d', attempts), 'created', created, 'updated', s_now,
   'lease_until', fmt('%d', lease_until), 'ttl', ARGV[5])

@@ -3,7 +3,8 @@
 -- One hash per record. Fields: scope, key, state ('p' in progress, 'c' completed,
 -- 'f' failed, 't' tombstone), token, fp (raw 32-byte SHA-256, absent when none),
 -- attempts (absent: 1), created, updated (absent: created), lease_until, ttl,
--- expires, codec, compression, outcome.
+-- expires, codec, compression, outcome, w (present while someone waits: only then do
+-- settle, release and purge publish a notification).
 --
 -- Tokens are hybrid logical clock values: token = max(previous token + 1, now_ms).
 -- The previous token survives a release or purge in a tombstone (state 't') that is

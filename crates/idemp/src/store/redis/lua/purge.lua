@@ -3,10 +3,12 @@
 -- Reply: 1 when a live record was removed, else 0.
 local k = KEYS[1]
 local now = now_ms(ARGV[1])
-local h = redis.call('HMGET', k, 'state', 'token', 'expires')
+local h = redis.call('HMGET', k, 'state', 'token', 'expires', 'w')
 if not is_live(h[1], h[3], now) then
   return 0
 end
 tombstone(k, tonumber(h[2]), now, tonumber(ARGV[2]))
-redis.call('PUBLISH', ARGV[3], ARGV[4])
+if h[4] then
+  redis.call('PUBLISH', ARGV[3], ARGV[4])
+end
 return 1
