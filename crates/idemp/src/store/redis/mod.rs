@@ -25,9 +25,9 @@
 //!   `purge` and `get` are each one Lua script (`EVALSHA`, loaded on first use: a
 //!   `NOSCRIPT` reply loads it and retries once). Each is atomic on the server, so the
 //!   compare-and-set on the fencing token needs no `WATCH` and no lock.
-//! * **One hash per record** (fields `scope`, `key`, `state`, `token`, `fp`,
-//!   `attempts`, `created`, `updated`, `lease_until`, `ttl`, `expires`, `codec`,
-//!   `compression`, `outcome`) under `<prefix>:<scope digest>:{<record digest>}`. Scope
+//! * **One hash per record** (fields `state`, `token`, `id` (scope and key), `fp`,
+//!   `attempts`, `created`, `since` (lease start), `lease`, `ttl`, `settled`, `enc`
+//!   (codec and compression), `outcome`, `w` (waited for); see `lua/prelude.lua`) under `<prefix>:<scope digest>:{<record digest>}`. Scope
 //!   and key never appear in the key name, so no byte of theirs can break the Cluster
 //!   hash tag; the scripts compare the stored scope and key so a digest collision is
 //!   an error, never a shared record (see `layout`).
@@ -555,20 +555,16 @@ impl RedisStore {
         for chunk in keys.chunks(BATCH) {
             let futs = chunk.iter().map(|k| {
                 let mut cmd = ::redis::cmd("HMGET");
-                cmd.arg(k)
-                    .arg("scope")
-                    .arg("key")
-                    .arg("state")
-                    .arg("expires");
-                self.query::<(Option<String>, Option<String>, Option<String>, Option<u64>)>(cmd)
+                cmd.arg(k).arg("id").arg("state").arg("settled").arg("ttl");
+                self.query::<(Option<String>, Option<String>, Option<u64>, Option<u64>)>(cmd)
             });
             let rows = futures_util::future::try_join_all(futs).await?;
-            for (k, (scope, key, state, expires)) in chunk.iter().zip(rows) {
-                let (Some(scope), Some(key)) = (scope, key) else {
+            for (k, (id, state, settled, ttl)) in chunk.iter().zip(rows) {
+                let Some(id) = id.as_deref().and_then(decode_id) else {
                     continue;
                 };
-                if is_live(state.as_deref(), expires, now) {
-                    out.push((RecordKey { scope, key }, k.clone()));
+                if is_live(state.as_deref(), settled, ttl, now) {
+                    out.push((id, k.clone()));
                 }
             }
         }
@@ -597,16 +593,13 @@ impl RedisStore {
         if int_at(&items, 0, id)? == 0 {
             return Ok(None);
         }
-        // {2, now, F..., scope, key}
-        let stored_scope = items.get(13).and_then(as_string);
-        let stored_key = items.get(14).and_then(as_string);
-        if stored_scope.as_deref() != Some(id.scope.as_str())
-            || stored_key.as_deref() != Some(id.key.as_str())
-        {
+        // {2, now, fields..., id}
+        let stored = items.get(13).and_then(as_string);
+        if stored.as_deref().and_then(decode_id).as_ref() != Some(id) {
             return Err(StoreError::Corrupt {
                 id: id.clone(),
                 reason: format!(
-                    "key {} holds another record ({stored_scope:?}/{stored_key:?})",
+                    "key {} holds another record ({stored:?})",
                     String::from_utf8_lossy(rkey)
                 ),
             });
@@ -638,13 +631,17 @@ impl RedisStore {
                     .arg(token)
                     .arg(state)
                     .arg(&outcome.bytes)
-                    .arg(outcome.codec.as_u8())
-                    .arg(outcome.compression.as_u8())
+                    .arg(format!(
+                        "{}:{}",
+                        outcome.codec.as_u8(),
+                        outcome.compression.as_u8()
+                    ))
                     .arg(ms(ttl))
                     .arg(self.now_arg())
+                    .arg(ms(ttl).max(self.guard()))
                     .arg(self.guard())
                     .arg(self.layout.channel())
-                    .arg(digest),
+                    .arg(&digest),
                 id,
             )
             .await?;
@@ -721,10 +718,21 @@ fn parse_cluster_masters(text: &str) -> Vec<(String, u16)> {
     out
 }
 
-fn is_live(state: Option<&str>, expires: Option<u64>, now: Millis) -> bool {
+/// state, settled, ttl, token, created, since, lease.
+type Fields7 = (
+    Option<String>,
+    Option<u64>,
+    Option<u64>,
+    Option<u64>,
+    Option<u64>,
+    Option<u64>,
+    Option<u64>,
+);
+
+fn is_live(state: Option<&str>, settled: Option<u64>, ttl: Option<u64>, now: Millis) -> bool {
     match state {
         Some("p") => true,
-        Some("c") | Some("f") => expires.unwrap_or(0) > now,
+        Some("c") | Some("f") => settled.unwrap_or(0).saturating_add(ttl.unwrap_or(0)) > now,
         _ => false,
     }
 }
@@ -767,13 +775,28 @@ fn int_at(items: &[Value], i: usize, id: &RecordKey) -> StoreResult<u64> {
         .ok_or_else(|| corrupt(id, format!("script reply item {i} is not a number")))
 }
 
-/// Parses the fields `F` of the scripts: state, token, fp, attempts, created, updated,
-/// lease_until, expires, codec, compression, outcome.
+/// The `id` field: `<byte length of scope>:<scope><key>`.
+fn encode_id(id: &RecordKey) -> String {
+    format!("{}:{}{}", id.scope.len(), id.scope, id.key)
+}
+
+/// Parses the `id` field.
+fn decode_id(s: &str) -> Option<RecordKey> {
+    let (len, rest) = s.split_once(':')?;
+    let len: usize = len.parse().ok()?;
+    if !rest.is_char_boundary(len) {
+        return None;
+    }
+    let (scope, key) = rest.split_at(len);
+    Some(RecordKey::new(scope, key))
+}
+
+/// Parses the fields of a record reply (see `lua/prelude.lua`): state, token, fp,
+/// attempts, created, since, lease, ttl, settled, enc, outcome.
 fn parse_record(id: &RecordKey, f: &[Value]) -> StoreResult<Record> {
+    let opt = |i: usize| f.get(i).and_then(as_u64);
     let num = |i: usize, what: &str| -> StoreResult<u64> {
-        f.get(i)
-            .and_then(as_u64)
-            .ok_or_else(|| corrupt(id, format!("field `{what}` missing or not a number")))
+        opt(i).ok_or_else(|| corrupt(id, format!("field `{what}` missing or not a number")))
     };
     let fingerprint = match f.get(2) {
         Some(Value::BulkString(b)) if b.is_empty() => None,
@@ -784,11 +807,18 @@ fn parse_record(id: &RecordKey, f: &[Value]) -> StoreResult<Record> {
         )),
         _ => None,
     };
+    let token = num(1, "token")?;
+    let created_at = opt(4).unwrap_or(token);
+    let since = opt(5).unwrap_or(created_at);
     let outcome = || -> StoreResult<Outcome> {
-        let codec =
-            Codec::from_u8(num(8, "codec")? as u8).ok_or_else(|| corrupt(id, "unknown codec"))?;
-        let compression = Compression::from_u8(num(9, "compression")? as u8)
-            .ok_or_else(|| corrupt(id, "unknown compression"))?;
+        let enc = f.get(9).and_then(as_string).unwrap_or_default();
+        let (codec, compression) = enc
+            .split_once(':')
+            .and_then(|(c, z)| Some((c.parse::<u8>().ok()?, z.parse::<u8>().ok()?)))
+            .ok_or_else(|| corrupt(id, format!("field `enc` is `{enc}`")))?;
+        let codec = Codec::from_u8(codec).ok_or_else(|| corrupt(id, "unknown codec"))?;
+        let compression =
+            Compression::from_u8(compression).ok_or_else(|| corrupt(id, "unknown compression"))?;
         let bytes = match f.get(10) {
             Some(Value::BulkString(b)) => b.clone(),
             _ => return Err(corrupt(id, "field `outcome` missing")),
@@ -799,30 +829,37 @@ fn parse_record(id: &RecordKey, f: &[Value]) -> StoreResult<Record> {
             bytes,
         })
     };
+    let settled = || -> StoreResult<(u64, Option<u64>)> {
+        let at = num(8, "settled")?;
+        Ok((at, Some(at.saturating_add(num(7, "ttl")?))))
+    };
     let state_name = f.first().and_then(as_string).unwrap_or_default();
-    let (state, expires_at) = match state_name.as_str() {
+    let (state, updated_at, expires_at) = match state_name.as_str() {
         "p" => (
             State::InProgress {
-                lease_until: num(6, "lease_until")?,
+                lease_until: since.saturating_add(num(6, "lease")?),
             },
+            since,
             None,
         ),
-        "c" => (State::Completed(outcome()?), Some(num(7, "expires")?)),
-        "f" => (State::Failed(outcome()?), Some(num(7, "expires")?)),
+        "c" => {
+            let (at, exp) = settled()?;
+            (State::Completed(outcome()?), at, exp)
+        }
+        "f" => {
+            let (at, exp) = settled()?;
+            (State::Failed(outcome()?), at, exp)
+        }
         other => return Err(corrupt(id, format!("unknown state `{other}`"))),
     };
-    let created_at = num(4, "created")?;
     Ok(Record {
         id: id.clone(),
         fingerprint,
         state,
-        token: num(1, "token")?,
-        attempts: f
-            .get(3)
-            .and_then(as_u64)
-            .map_or(1, |a| u32::try_from(a).unwrap_or(u32::MAX)),
+        token,
+        attempts: opt(3).map_or(1, |a| u32::try_from(a).unwrap_or(u32::MAX)),
         created_at,
-        updated_at: f.get(5).and_then(as_u64).unwrap_or(created_at),
+        updated_at,
         expires_at,
     })
 }
@@ -840,13 +877,13 @@ impl Store for RedisStore {
             .eval(
                 &SCRIPTS.claim,
                 evalsha(&SCRIPTS.claim, key.as_bytes())
-                    .arg(&id.scope)
-                    .arg(&id.key)
+                    .arg(encode_id(id))
                     .arg(fp)
                     .arg(ms(claim.lease))
                     .arg(ms(claim.ttl))
                     .arg(if claim.take_over_expired { "1" } else { "0" })
                     .arg(self.now_arg())
+                    .arg(ms(claim.lease).max(ms(claim.ttl)).max(self.guard()))
                     .arg(self.guard()),
                 id,
             )
@@ -1007,21 +1044,33 @@ impl Store for RedisStore {
         for chunk in keys.chunks(BATCH) {
             let futs = chunk.iter().map(|k| async move {
                 let mut cmd = ::redis::cmd("HMGET");
-                cmd.arg(k).arg("state").arg("expires").arg("lease_until");
-                let fields: (Option<String>, Option<u64>, Option<u64>) = self.query(cmd).await?;
+                cmd.arg(k)
+                    .arg("state")
+                    .arg("settled")
+                    .arg("ttl")
+                    .arg("token")
+                    .arg("created")
+                    .arg("since")
+                    .arg("lease");
+                let fields: Fields7 = self.query(cmd).await?;
                 let mut len = ::redis::cmd("HSTRLEN");
                 len.arg(k).arg("outcome");
                 let len: u64 = self.query(len).await?;
                 Ok::<_, StoreError>((fields, len))
             });
-            for ((state, expires, lease_until), len) in
+            for ((state, settled, ttl, token, created, since, lease), len) in
                 futures_util::future::try_join_all(futs).await?
             {
-                if !is_live(state.as_deref(), expires, now) {
+                if !is_live(state.as_deref(), settled, ttl, now) {
                     continue;
                 }
+                let lease_until = since
+                    .or(created)
+                    .or(token)
+                    .unwrap_or(0)
+                    .saturating_add(lease.unwrap_or(0));
                 match state.as_deref() {
-                    Some("p") if lease_until.unwrap_or(0) <= now => stats.ambiguous += 1,
+                    Some("p") if lease_until <= now => stats.ambiguous += 1,
                     Some("p") => stats.in_progress += 1,
                     Some("c") => stats.completed += 1,
                     Some("f") => stats.failed += 1,

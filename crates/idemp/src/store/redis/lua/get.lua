@@ -1,11 +1,10 @@
 -- get (and watch): KEYS[1] record. ARGV: 1 now override, 2 '1' to mark an in-progress
 -- record as waited for (its settle, release or purge then publishes).
--- Reply: {2, now, F..., scope, key} when live, else {0, now}.
+-- Reply: {2, now, fields...} when live, else {0, now}.
 local k = KEYS[1]
-local now = now_ms(ARGV[1])
-local r = redis.call('HMGET', k, 'state', 'token', 'fp', 'attempts', 'created', 'updated',
-  'lease_until', 'expires', 'codec', 'compression', 'outcome', 'scope', 'key')
-if not is_live(r[1], r[8], now) then
+local now = clock(ARGV[1])
+local r = fields(k)
+if not is_live(r[1], r[9], r[8], now) then
   return {0, now}
 end
 if ARGV[2] == '1' and r[1] == 'p' then

@@ -2,13 +2,13 @@
 -- ARGV: 1 token, 2 now override, 3 guard ms, 4 channel, 5 message.
 -- Reply: 1 released | {0[, current]} fenced.
 local k = KEYS[1]
-local now = now_ms(ARGV[2])
-local h = redis.call('HMGET', k, 'state', 'token', 'expires', 'w')
+local now = clock(ARGV[2])
+local h = redis.call('HMGET', k, 'state', 'token', 'settled', 'ttl', 'w')
 if h[1] ~= 'p' or h[2] ~= ARGV[1] then
-  return fenced(h[1], h[2], h[3], now)
+  return fenced(h[1], h[2], h[3], h[4], now)
 end
 tombstone(k, tonumber(ARGV[1]), now, tonumber(ARGV[3]))
-if h[4] then
+if h[5] then
   redis.call('PUBLISH', ARGV[4], ARGV[5])
 end
 return 1
