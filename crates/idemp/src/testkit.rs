@@ -1,1 +1,0 @@
-//! store conformance test kit (being written)
