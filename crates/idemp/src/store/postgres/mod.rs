@@ -595,7 +595,8 @@ impl PostgresStore {
             )
             .await
             .map_err(|e| pg_error("release", e))?;
-        cas_result(id, token, rows.first())
+        let cas = read_cas(id, rows.first())?;
+        self.cas_result_in(tx, id, token, cas).await
     }
 
     async fn settle_in(
@@ -630,7 +631,8 @@ impl PostgresStore {
             )
             .await
             .map_err(|e| pg_error("complete", e))?;
-        cas_result(id, token, rows.first())
+        let cas = read_cas(id, rows.first())?;
+        self.cas_result_in(tx, id, token, cas).await
     }
 
     async fn settle(
@@ -671,7 +673,78 @@ impl PostgresStore {
                 false,
             )
             .await?;
-        cas_result(id, token, rows.first())
+        let cas = read_cas(id, rows.first())?;
+        self.cas_result(id, token, cas).await
+    }
+
+    /// Turns a compare-and-set result into `Ok` or `Fenced`. When the statement's
+    /// snapshot named the caller's own token, a takeover (or the caller's own earlier
+    /// settle) committed during the statement: read the current token afresh so a
+    /// fenced owner sees its successor, never itself.
+    async fn cas_result(
+        &self,
+        id: &RecordKey,
+        token: Token,
+        cas: Option<Option<u64>>,
+    ) -> StoreResult<()> {
+        match cas {
+            None => Ok(()),
+            Some(current) if current == Some(token) => {
+                Err(fenced(id, token, self.current_token(id).await?))
+            }
+            Some(current) => Err(fenced(id, token, current)),
+        }
+    }
+
+    async fn current_token(&self, id: &RecordKey) -> StoreResult<Option<u64>> {
+        let now = self.core.now_param();
+        let rows = self
+            .core
+            .query(
+                "read token",
+                &self.core.sql.current,
+                &[&now, &id.scope, &id.key],
+                true,
+            )
+            .await?;
+        rows.first()
+            .map(|r| r.try_get::<_, i64>(0).map(unsigned))
+            .transpose()
+            .map_err(|e| corrupt(id, e))
+    }
+
+    /// [`cas_result`](Self::cas_result) inside the caller's transaction.
+    async fn cas_result_in(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        id: &RecordKey,
+        token: Token,
+        cas: Option<Option<u64>>,
+    ) -> StoreResult<()> {
+        match cas {
+            None => Ok(()),
+            Some(current) if current == Some(token) => {
+                let now = self.core.now_param();
+                let rows = tx
+                    .query_typed(
+                        &self.core.sql.current,
+                        &[
+                            (&now, Type::INT8),
+                            (&id.scope, Type::TEXT),
+                            (&id.key, Type::TEXT),
+                        ],
+                    )
+                    .await
+                    .map_err(|e| pg_error("read token", e))?;
+                let current = rows
+                    .first()
+                    .map(|r| r.try_get::<_, i64>(0).map(unsigned))
+                    .transpose()
+                    .map_err(|e| corrupt(id, e))?;
+                Err(fenced(id, token, current))
+            }
+            Some(current) => Err(fenced(id, token, current)),
+        }
     }
 
     fn ensure_listener(&self) {
@@ -685,19 +758,24 @@ impl PostgresStore {
     }
 }
 
-/// Reads the (changed, notified, current) row of a compare-and-set statement.
-fn cas_result(id: &RecordKey, token: Token, row: Option<&Row>) -> StoreResult<()> {
+/// Reads the (changed, notified, current) row of a compare-and-set statement:
+/// `Ok(None)` when it changed the record, `Ok(Some(current))` when fenced.
+fn read_cas(id: &RecordKey, row: Option<&Row>) -> StoreResult<Option<Option<u64>>> {
     let row = row.ok_or_else(|| StoreError::Incompatible("no result row".into()))?;
     let changed: i64 = row.try_get(0).map_err(|e| corrupt(id, e))?;
     if changed == 1 {
-        return Ok(());
+        return Ok(None);
     }
     let current: Option<i64> = row.try_get(2).map_err(|e| corrupt(id, e))?;
-    Err(StoreError::Fenced {
+    Ok(Some(current.map(unsigned)))
+}
+
+fn fenced(id: &RecordKey, token: Token, current: Option<u64>) -> StoreError {
+    StoreError::Fenced {
         id: id.clone(),
         token,
-        current: current.map(unsigned),
-    })
+        current,
+    }
 }
 
 /// Takes `pool_size=N` out of a client URL.
@@ -987,7 +1065,8 @@ impl Store for PostgresStore {
                 false,
             )
             .await?;
-        cas_result(id, token, rows.first())
+        let cas = read_cas(id, rows.first())?;
+        self.cas_result(id, token, cas).await
     }
 
     async fn renew(&self, id: &RecordKey, token: Token, lease: Duration) -> StoreResult<Millis> {
@@ -1012,11 +1091,9 @@ impl Store for PostgresStore {
             Some(t) => Ok(unsigned(t)),
             None => {
                 let current: Option<i64> = row.try_get(1).map_err(|e| corrupt(id, e))?;
-                Err(StoreError::Fenced {
-                    id: id.clone(),
-                    token,
-                    current: current.map(unsigned),
-                })
+                self.cas_result(id, token, Some(current.map(unsigned)))
+                    .await
+                    .map(|()| 0)
             }
         }
     }

@@ -131,11 +131,13 @@ upd AS (
       updated_at = now.ms, expires_at = now.ms + $9::bigint, lease_until = NULL, prev_token = NULL
   FROM now
   WHERE r.scope = $2::text AND r.key = $3::text AND r.token = $4::bigint AND r.state = 0
+    AND r.expires_at > now.ms
   RETURNING r.watched
 ),
 __NOTE__
 SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM note),
-       (SELECT c.token FROM __SCHEMA__.records c WHERE c.scope = $2::text AND c.key = $3::text AND c.state < 3)
+       (SELECT c.token FROM __SCHEMA__.records c WHERE c.scope = $2::text AND c.key = $3::text AND c.state < 3
+          AND c.expires_at > (SELECT ms FROM now))
 "#;
 
 /// Release: `$1` now, `$2` scope, `$3` key, `$4` token, `$5` tombstone retention ms.
@@ -148,11 +150,13 @@ upd AS (
       lease_until = NULL, prev_token = NULL, updated_at = now.ms, expires_at = now.ms + $5::bigint
   FROM now
   WHERE r.scope = $2::text AND r.key = $3::text AND r.token = $4::bigint AND r.state = 0
+    AND r.expires_at > now.ms
   RETURNING r.watched
 ),
 __NOTE__
 SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM note),
-       (SELECT c.token FROM __SCHEMA__.records c WHERE c.scope = $2::text AND c.key = $3::text AND c.state < 3)
+       (SELECT c.token FROM __SCHEMA__.records c WHERE c.scope = $2::text AND c.key = $3::text AND c.state < 3
+          AND c.expires_at > (SELECT ms FROM now))
 "#;
 
 /// Renew: `$1` now, `$2` scope, `$3` key, `$4` token, `$5` lease ms.
@@ -164,10 +168,12 @@ upd AS (
   SET lease_until = now.ms + $5::bigint, expires_at = now.ms + $5::bigint + r.ttl_ms, updated_at = now.ms
   FROM now
   WHERE r.scope = $2::text AND r.key = $3::text AND r.token = $4::bigint AND r.state = 0
+    AND r.expires_at > now.ms
   RETURNING r.lease_until
 )
 SELECT (SELECT lease_until FROM upd),
-       (SELECT c.token FROM __SCHEMA__.records c WHERE c.scope = $2::text AND c.key = $3::text AND c.state < 3)
+       (SELECT c.token FROM __SCHEMA__.records c WHERE c.scope = $2::text AND c.key = $3::text AND c.state < 3
+          AND c.expires_at > (SELECT ms FROM now))
 "#;
 
 /// Purge: `$1` now, `$2` scope, `$3` key, `$4` tombstone retention ms.
@@ -204,6 +210,15 @@ const NOTE: &str = r#"note AS (
 const GET: &str = r#"
 WITH __NOW__
 SELECT __R_COLS__ FROM __SCHEMA__.records r, now
+WHERE r.scope = $2::text AND r.key = $3::text AND r.state < 3 AND r.expires_at > now.ms
+"#;
+
+/// The current token of the live record: `$1` now, `$2` scope, `$3` key. Used when a
+/// compare-and-set's own snapshot named the caller's token (a concurrent takeover
+/// committed during the statement): a new statement sees the successor.
+const CURRENT: &str = r#"
+WITH __NOW__
+SELECT r.token FROM __SCHEMA__.records r, now
 WHERE r.scope = $2::text AND r.key = $3::text AND r.state < 3 AND r.expires_at > now.ms
 "#;
 
@@ -261,6 +276,7 @@ pub(super) struct Sql {
     pub renew: String,
     pub purge: String,
     pub get: String,
+    pub current: String,
     pub watch: String,
     pub list: String,
     pub stats: String,
@@ -287,6 +303,7 @@ impl Sql {
             renew: fill(RENEW),
             purge: fill(PURGE),
             get: fill(GET),
+            current: fill(CURRENT),
             watch: fill(WATCH),
             list: fill(LIST),
             stats: fill(STATS),
@@ -312,6 +329,7 @@ mod tests {
             &sql.renew,
             &sql.purge,
             &sql.get,
+            &sql.current,
             &sql.watch,
             &sql.list,
             &sql.stats,
