@@ -1,0 +1,553 @@
+//! The store operations as SQL on one connection.
+//!
+//! Every function here runs inside a transaction the caller opened (the writer's
+//! group-commit transaction, or a user's own transaction for `complete_in_tx`).
+//! The outer `rusqlite::Result` is a database failure (the whole transaction must be
+//! rolled back); the inner [`StoreResult`] is the operation's own answer (`Fenced`,
+//! `Invalid`, `Corrupt`…), which leaves the transaction usable.
+
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::clock::{Millis, duration_ms};
+use crate::store::{
+    Claim, ClaimOutcome, Codec, Compression, Fingerprint, ListQuery, Outcome, Page, Record,
+    RecordKey, State, Stats, StoreError, StoreResult, Token,
+};
+
+/// `state` column values.
+pub(crate) const IN_PROGRESS: i64 = 0;
+pub(crate) const COMPLETED: i64 = 1;
+pub(crate) const FAILED: i64 = 2;
+
+/// Leases and ttls are capped so that `now + lease + ttl` never overflows an i64.
+const MAX_DURATION_MS: Millis = 1000 * 365 * 24 * 3600 * 1000;
+
+/// Longest accepted scope or key, in bytes.
+pub(crate) const MAX_KEY_BYTES: usize = 64 * 1024;
+
+/// A database result wrapping the operation's own result.
+pub(crate) type OpResult<T> = rusqlite::Result<StoreResult<T>>;
+
+const COLUMNS: &str = "scope, key, fingerprint, state, token, attempts, created_at, \
+                       updated_at, lease_until, purge_at, codec, compression, outcome";
+
+/// Milliseconds as stored (SQLite integers are signed).
+pub(crate) fn sql_ms(ms: Millis) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+fn ms_from_sql(v: i64) -> Millis {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn capped_ms(d: Duration) -> Millis {
+    duration_ms(d).min(MAX_DURATION_MS)
+}
+
+/// Refuses keys the store cannot hold.
+pub(crate) fn validate(id: &RecordKey) -> StoreResult<()> {
+    if id.key.is_empty() {
+        return Err(StoreError::Invalid("empty idempotency key".into()));
+    }
+    if id.key.len() > MAX_KEY_BYTES || id.scope.len() > MAX_KEY_BYTES {
+        return Err(StoreError::Invalid(format!(
+            "scope or key longer than {MAX_KEY_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// A row as stored, before it is checked and turned into a [`Record`].
+struct RawRow {
+    scope: String,
+    key: String,
+    fingerprint: Option<Vec<u8>>,
+    state: i64,
+    token: i64,
+    attempts: i64,
+    created_at: i64,
+    updated_at: i64,
+    lease_until: Option<i64>,
+    purge_at: i64,
+    codec: Option<i64>,
+    compression: Option<i64>,
+    outcome: Option<Vec<u8>>,
+}
+
+impl RawRow {
+    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            scope: row.get(0)?,
+            key: row.get(1)?,
+            fingerprint: row.get(2)?,
+            state: row.get(3)?,
+            token: row.get(4)?,
+            attempts: row.get(5)?,
+            created_at: row.get(6)?,
+            updated_at: row.get(7)?,
+            lease_until: row.get(8)?,
+            purge_at: row.get(9)?,
+            codec: row.get(10)?,
+            compression: row.get(11)?,
+            outcome: row.get(12)?,
+        })
+    }
+
+    fn is_live(&self, now: Millis) -> bool {
+        self.purge_at > sql_ms(now)
+    }
+
+    fn into_record(self) -> StoreResult<Record> {
+        let id = RecordKey::new(self.scope, self.key);
+        let corrupt = |reason: String| StoreError::Corrupt {
+            id: id.clone(),
+            reason,
+        };
+        let fingerprint = match self.fingerprint {
+            None => None,
+            Some(b) => Some(Fingerprint(b.as_slice().try_into().map_err(|_| {
+                corrupt(format!("fingerprint of {} bytes, expected 32", b.len()))
+            })?)),
+        };
+        let outcome = |codec: Option<i64>, compression: Option<i64>, bytes: Option<Vec<u8>>| {
+            let codec = codec
+                .and_then(|c| u8::try_from(c).ok())
+                .and_then(Codec::from_u8)
+                .ok_or_else(|| corrupt(format!("unknown codec {codec:?}")))?;
+            let compression = compression
+                .and_then(|c| u8::try_from(c).ok())
+                .and_then(Compression::from_u8)
+                .ok_or_else(|| corrupt(format!("unknown compression {compression:?}")))?;
+            Ok::<_, StoreError>(Outcome {
+                codec,
+                compression,
+                bytes: bytes.unwrap_or_default(),
+            })
+        };
+        let (state, expires_at) = match self.state {
+            IN_PROGRESS => {
+                let lease_until = self
+                    .lease_until
+                    .ok_or_else(|| corrupt("in progress without a lease".into()))?;
+                (
+                    State::InProgress {
+                        lease_until: ms_from_sql(lease_until),
+                    },
+                    None,
+                )
+            }
+            COMPLETED => (
+                State::Completed(outcome(self.codec, self.compression, self.outcome)?),
+                Some(ms_from_sql(self.purge_at)),
+            ),
+            FAILED => (
+                State::Failed(outcome(self.codec, self.compression, self.outcome)?),
+                Some(ms_from_sql(self.purge_at)),
+            ),
+            other => return Err(corrupt(format!("unknown state {other}"))),
+        };
+        let token = u64::try_from(self.token)
+            .ok()
+            .filter(|t| *t > 0)
+            .ok_or_else(|| corrupt(format!("invalid token {}", self.token)))?;
+        Ok(Record {
+            fingerprint,
+            state,
+            token,
+            attempts: u32::try_from(self.attempts).unwrap_or(u32::MAX),
+            created_at: ms_from_sql(self.created_at),
+            updated_at: ms_from_sql(self.updated_at),
+            expires_at,
+            id,
+        })
+    }
+}
+
+fn select_row(conn: &Connection, id: &RecordKey) -> rusqlite::Result<Option<RawRow>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM idemp_records WHERE scope = ?1 AND key = ?2"
+    ))?;
+    stmt.query_row(params![id.scope, id.key], RawRow::from_row)
+        .optional()
+}
+
+/// The file's fencing-token counter, read once per write transaction and written
+/// back before its commit (the transaction holds the write lock, so no other
+/// connection can move it in between).
+#[derive(Debug, Default)]
+pub(crate) struct TokenSeq {
+    last: Token,
+    dirty: bool,
+}
+
+impl TokenSeq {
+    /// Reads the counter inside the current write transaction.
+    pub(crate) fn load(conn: &Connection) -> rusqlite::Result<Self> {
+        let mut stmt =
+            conn.prepare_cached("SELECT value FROM idemp_meta WHERE name = 'token_seq'")?;
+        let v: i64 = stmt.query_row([], |r| r.get(0))?;
+        Ok(Self {
+            last: ms_from_sql(v),
+            dirty: false,
+        })
+    }
+
+    /// The token the next acquisition gets (not yet taken).
+    fn peek(&self) -> Token {
+        self.last + 1
+    }
+
+    /// Takes the next token.
+    fn take(&mut self) -> Token {
+        self.last += 1;
+        self.dirty = true;
+        self.last
+    }
+
+    /// Writes the counter back, if tokens were taken.
+    pub(crate) fn store(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+        if self.dirty {
+            let mut stmt =
+                conn.prepare_cached("UPDATE idemp_meta SET value = ?1 WHERE name = 'token_seq'")?;
+            stmt.execute([sql_ms(self.last)])?;
+            self.dirty = false;
+        }
+        Ok(())
+    }
+}
+
+/// `claim`: see [`crate::store::Store::claim`]. Tokens come from `seq`, which the
+/// caller stores before committing.
+pub(crate) fn claim(
+    conn: &Connection,
+    c: &Claim,
+    now: Millis,
+    seq: &mut TokenSeq,
+) -> OpResult<ClaimOutcome> {
+    if let Err(e) = validate(&c.id) {
+        return Ok(Err(e));
+    }
+    let lease_until = now.saturating_add(capped_ms(c.lease));
+    let ttl_ms = capped_ms(c.ttl);
+    let purge_at = lease_until.saturating_add(ttl_ms);
+
+    // Fast path, one statement: insert a new record, or replace one that is no
+    // longer live (expired, not yet swept).
+    let token = seq.peek();
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO idemp_records (scope, key, fingerprint, state, token, attempts, \
+         created_at, updated_at, lease_until, ttl_ms, purge_at, codec, compression, outcome) \
+         VALUES (?1, ?2, ?3, 0, ?4, 1, ?5, ?5, ?6, ?7, ?8, NULL, NULL, NULL) \
+         ON CONFLICT (scope, key) DO UPDATE SET fingerprint = excluded.fingerprint, \
+         state = 0, token = excluded.token, attempts = 1, created_at = excluded.created_at, \
+         updated_at = excluded.updated_at, lease_until = excluded.lease_until, \
+         ttl_ms = excluded.ttl_ms, purge_at = excluded.purge_at, codec = NULL, \
+         compression = NULL, outcome = NULL \
+         WHERE idemp_records.purge_at <= excluded.created_at",
+    )?;
+    let inserted = stmt.execute(params![
+        c.id.scope,
+        c.id.key,
+        c.fingerprint.map(|f| f.0.to_vec()),
+        sql_ms(token),
+        sql_ms(now),
+        sql_ms(lease_until),
+        sql_ms(ttl_ms),
+        sql_ms(purge_at),
+    ])?;
+    if inserted == 1 {
+        seq.take();
+        return Ok(Ok(ClaimOutcome::Acquired {
+            token,
+            lease_until,
+            takeover: None,
+            attempt: 1,
+        }));
+    }
+
+    // A live record exists.
+    let Some(raw) = select_row(conn, &c.id)? else {
+        return Err(rusqlite::Error::QueryReturnedNoRows);
+    };
+    let rec = match raw.into_record() {
+        Ok(r) => r,
+        Err(e) => return Ok(Err(e)),
+    };
+    if let (Some(stored), Some(given)) = (&rec.fingerprint, &c.fingerprint)
+        && stored != given
+    {
+        return Ok(Ok(ClaimOutcome::Mismatch(rec)));
+    }
+    match rec.state {
+        State::InProgress { lease_until: old } if old <= now && c.take_over_expired => {
+            // A taker without a fingerprint keeps the stored one.
+            let fp = c.fingerprint.or(rec.fingerprint).map(|f| f.0.to_vec());
+            let token = seq.take();
+            let attempt = rec.attempts.saturating_add(1);
+            let mut stmt = conn.prepare_cached(
+                "UPDATE idemp_records SET fingerprint = ?3, state = 0, token = ?4, \
+                 attempts = ?5, updated_at = ?6, lease_until = ?7, ttl_ms = ?8, \
+                 purge_at = ?9, codec = NULL, compression = NULL, outcome = NULL \
+                 WHERE scope = ?1 AND key = ?2",
+            )?;
+            stmt.execute(params![
+                c.id.scope,
+                c.id.key,
+                fp,
+                sql_ms(token),
+                i64::from(attempt),
+                sql_ms(now),
+                sql_ms(lease_until),
+                sql_ms(ttl_ms),
+                sql_ms(purge_at),
+            ])?;
+            Ok(Ok(ClaimOutcome::Acquired {
+                token,
+                lease_until,
+                takeover: Some(rec.token),
+                attempt,
+            }))
+        }
+        _ => Ok(Ok(ClaimOutcome::Existing(rec))),
+    }
+}
+
+/// The `Fenced` error for `token` on `id`, naming the current live token if any.
+fn fenced(conn: &Connection, id: &RecordKey, token: Token, now: Millis) -> OpResult<()> {
+    let current = select_row(conn, id)?
+        .filter(|r| r.is_live(now))
+        .and_then(|r| u64::try_from(r.token).ok());
+    Ok(Err(StoreError::Fenced {
+        id: id.clone(),
+        token,
+        current,
+    }))
+}
+
+/// `complete` (when `failed` is false) or `fail`.
+pub(crate) fn settle(
+    conn: &Connection,
+    id: &RecordKey,
+    token: Token,
+    outcome: &Outcome,
+    ttl: Duration,
+    failed: bool,
+    now: Millis,
+) -> OpResult<()> {
+    if let Err(e) = validate(id) {
+        return Ok(Err(e));
+    }
+    let purge_at = now.saturating_add(capped_ms(ttl));
+    let mut stmt = conn.prepare_cached(
+        "UPDATE idemp_records SET state = ?4, updated_at = ?5, lease_until = NULL, \
+         purge_at = ?6, codec = ?7, compression = ?8, outcome = ?9 \
+         WHERE scope = ?1 AND key = ?2 AND token = ?3 AND state = 0 AND purge_at > ?5",
+    )?;
+    let changed = stmt.execute(params![
+        id.scope,
+        id.key,
+        sql_ms(token),
+        if failed { FAILED } else { COMPLETED },
+        sql_ms(now),
+        sql_ms(purge_at),
+        i64::from(outcome.codec.as_u8()),
+        i64::from(outcome.compression.as_u8()),
+        outcome.bytes,
+    ])?;
+    if changed == 1 {
+        Ok(Ok(()))
+    } else {
+        fenced(conn, id, token, now)
+    }
+}
+
+/// `release`: deletes the in-progress record owned by `token`.
+pub(crate) fn release(
+    conn: &Connection,
+    id: &RecordKey,
+    token: Token,
+    now: Millis,
+) -> OpResult<()> {
+    if let Err(e) = validate(id) {
+        return Ok(Err(e));
+    }
+    let mut stmt = conn.prepare_cached(
+        "DELETE FROM idemp_records \
+         WHERE scope = ?1 AND key = ?2 AND token = ?3 AND state = 0 AND purge_at > ?4",
+    )?;
+    if stmt.execute(params![id.scope, id.key, sql_ms(token), sql_ms(now)])? == 1 {
+        Ok(Ok(()))
+    } else {
+        fenced(conn, id, token, now)
+    }
+}
+
+/// `renew`: moves the lease of the in-progress record owned by `token`.
+pub(crate) fn renew(
+    conn: &Connection,
+    id: &RecordKey,
+    token: Token,
+    lease: Duration,
+    now: Millis,
+) -> OpResult<Millis> {
+    if let Err(e) = validate(id) {
+        return Ok(Err(e));
+    }
+    let lease_until = now.saturating_add(capped_ms(lease));
+    let mut stmt = conn.prepare_cached(
+        "UPDATE idemp_records SET lease_until = ?4, purge_at = ?4 + ttl_ms, updated_at = ?5 \
+         WHERE scope = ?1 AND key = ?2 AND token = ?3 AND state = 0 AND purge_at > ?5",
+    )?;
+    let changed = stmt.execute(params![
+        id.scope,
+        id.key,
+        sql_ms(token),
+        sql_ms(lease_until),
+        sql_ms(now)
+    ])?;
+    if changed == 1 {
+        Ok(Ok(lease_until))
+    } else {
+        Ok(fenced(conn, id, token, now)?.map(|()| lease_until))
+    }
+}
+
+/// `purge`: deletes the record; whether a live one existed.
+pub(crate) fn purge(conn: &Connection, id: &RecordKey, now: Millis) -> OpResult<bool> {
+    let mut stmt = conn.prepare_cached(
+        "DELETE FROM idemp_records WHERE scope = ?1 AND key = ?2 RETURNING purge_at",
+    )?;
+    let purge_at: Option<i64> = stmt
+        .query_row(params![id.scope, id.key], |r| r.get(0))
+        .optional()?;
+    Ok(Ok(purge_at.is_some_and(|p| p > sql_ms(now))))
+}
+
+/// `sweep`: deletes every row that is no longer live.
+pub(crate) fn sweep(conn: &Connection, now: Millis) -> OpResult<u64> {
+    let mut stmt = conn.prepare_cached("DELETE FROM idemp_records WHERE purge_at <= ?1")?;
+    let n = stmt.execute(params![sql_ms(now)])?;
+    Ok(Ok(n as u64))
+}
+
+/// `get`: the live record.
+pub(crate) fn get(conn: &Connection, id: &RecordKey, now: Millis) -> OpResult<Option<Record>> {
+    match select_row(conn, id)? {
+        Some(raw) if raw.is_live(now) => Ok(raw.into_record().map(Some)),
+        _ => Ok(Ok(None)),
+    }
+}
+
+/// The smallest string greater than every string that starts with `prefix`, in
+/// SQLite's BINARY (UTF-8 byte) order, or `None` when there is none.
+fn prefix_upper_bound(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let mut next = u32::from(last) + 1;
+        if (0xD800..=0xDFFF).contains(&next) {
+            next = 0xE000;
+        }
+        if let Some(c) = char::from_u32(next) {
+            chars.push(c);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
+/// `list`: a page of live records ordered by (scope, key).
+pub(crate) fn list(conn: &Connection, q: &ListQuery, now: Millis) -> OpResult<Page> {
+    let limit = q.effective_limit();
+    let mut sql = format!("SELECT {COLUMNS} FROM idemp_records WHERE purge_at > ?1");
+    let mut args: Vec<rusqlite::types::Value> = vec![sql_ms(now).into()];
+    let mut arg = |sql: &mut String, clause: &str, v: rusqlite::types::Value| {
+        args.push(v);
+        sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
+    };
+    if let Some(scope) = &q.scope {
+        arg(&mut sql, " AND scope = ?", scope.clone().into());
+    }
+    if let Some(prefix) = q.key_prefix.as_ref().filter(|p| !p.is_empty()) {
+        arg(&mut sql, " AND key >= ?", prefix.clone().into());
+        if let Some(upper) = prefix_upper_bound(prefix) {
+            arg(&mut sql, " AND key < ?", upper.into());
+        }
+    }
+    if let Some(after) = &q.after {
+        arg(
+            &mut sql,
+            " AND (scope, key) > (?",
+            after.scope.clone().into(),
+        );
+        arg(&mut sql, ", ?)", after.key.clone().into());
+    }
+    arg(
+        &mut sql,
+        " ORDER BY scope, key LIMIT ?",
+        i64::try_from(limit.saturating_add(1))
+            .unwrap_or(i64::MAX)
+            .into(),
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), RawRow::from_row)?;
+    let mut records = Vec::with_capacity(limit.min(1024));
+    let mut more = false;
+    for row in rows {
+        let raw = row?;
+        if records.len() == limit {
+            more = true;
+            break;
+        }
+        match raw.into_record() {
+            Ok(r) => records.push(r),
+            Err(e) => return Ok(Err(e)),
+        }
+    }
+    let next = if more {
+        records.last().map(|r| r.id.clone())
+    } else {
+        None
+    };
+    Ok(Ok(Page { records, next }))
+}
+
+/// `stats`: counts of live records by state.
+pub(crate) fn stats(conn: &Connection, now: Millis) -> OpResult<Stats> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT coalesce(sum(state = 0 AND lease_until > ?1), 0), \
+                coalesce(sum(state = 0 AND lease_until <= ?1), 0), \
+                coalesce(sum(state = 1), 0), coalesce(sum(state = 2), 0), \
+                coalesce(sum(length(outcome)), 0) \
+         FROM idemp_records WHERE purge_at > ?1",
+    )?;
+    let s = stmt.query_row(params![sql_ms(now)], |r| {
+        Ok(Stats {
+            in_progress: ms_from_sql(r.get(0)?),
+            ambiguous: ms_from_sql(r.get(1)?),
+            completed: ms_from_sql(r.get(2)?),
+            failed: ms_from_sql(r.get(3)?),
+            outcome_bytes: Some(ms_from_sql(r.get(4)?)),
+        })
+    })?;
+    Ok(Ok(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_bounds() {
+        assert_eq!(prefix_upper_bound("ab").as_deref(), Some("ac"));
+        assert_eq!(prefix_upper_bound(""), None);
+        assert_eq!(
+            prefix_upper_bound("a\u{10FFFF}").as_deref(),
+            Some("b"),
+            "a maximal last char carries into the previous one"
+        );
+        assert_eq!(prefix_upper_bound("\u{D7FF}").as_deref(), Some("\u{E000}"));
+        assert_eq!(prefix_upper_bound("\u{10FFFF}"), None);
+    }
+}
