@@ -122,7 +122,7 @@ SELECT __CUR_COLS__, false, (SELECT ms FROM now) FROM cur WHERE NOT EXISTS (SELE
 
 /// Settle: `$1` now, `$2` scope, `$3` key, `$4` token, `$5` state (1 completed, 2
 /// failed), `$6` codec, `$7` compression, `$8` bytes, `$9` ttl ms.
-/// Yields (changed, current token of the live row).
+/// Yields (changed, notified, current token of the live row when unchanged).
 const SETTLE: &str = r#"
 WITH __NOW__,
 upd AS (
@@ -136,12 +136,13 @@ upd AS (
 ),
 __NOTE__
 SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM note),
-       (SELECT c.token FROM __SCHEMA__.records c WHERE c.scope = $2::text AND c.key = $3::text AND c.state < 3
-          AND c.expires_at > (SELECT ms FROM now))
+       CASE WHEN NOT EXISTS (SELECT 1 FROM upd) THEN
+         (SELECT c.token FROM __SCHEMA__.records c WHERE c.scope = $2::text AND c.key = $3::text
+            AND c.state < 3 AND c.expires_at > (SELECT ms FROM now)) END
 "#;
 
 /// Release: `$1` now, `$2` scope, `$3` key, `$4` token, `$5` tombstone retention ms.
-/// Yields (changed, current token of the live row).
+/// Yields (changed, notified, current token of the live row when unchanged).
 const RELEASE: &str = r#"
 WITH __NOW__,
 upd AS (
@@ -155,8 +156,9 @@ upd AS (
 ),
 __NOTE__
 SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM note),
-       (SELECT c.token FROM __SCHEMA__.records c WHERE c.scope = $2::text AND c.key = $3::text AND c.state < 3
-          AND c.expires_at > (SELECT ms FROM now))
+       CASE WHEN NOT EXISTS (SELECT 1 FROM upd) THEN
+         (SELECT c.token FROM __SCHEMA__.records c WHERE c.scope = $2::text AND c.key = $3::text
+            AND c.state < 3 AND c.expires_at > (SELECT ms FROM now)) END
 "#;
 
 /// Renew: `$1` now, `$2` scope, `$3` key, `$4` token, `$5` lease ms.
@@ -172,8 +174,9 @@ upd AS (
   RETURNING r.lease_until
 )
 SELECT (SELECT lease_until FROM upd),
-       (SELECT c.token FROM __SCHEMA__.records c WHERE c.scope = $2::text AND c.key = $3::text AND c.state < 3
-          AND c.expires_at > (SELECT ms FROM now))
+       CASE WHEN NOT EXISTS (SELECT 1 FROM upd) THEN
+         (SELECT c.token FROM __SCHEMA__.records c WHERE c.scope = $2::text AND c.key = $3::text
+            AND c.state < 3 AND c.expires_at > (SELECT ms FROM now)) END
 "#;
 
 /// Purge: `$1` now, `$2` scope, `$3` key, `$4` tombstone retention ms.
