@@ -496,7 +496,8 @@ pub async fn poll_until_settled<S: Store + ?Sized>(
     id: &RecordKey,
     timeout: Duration,
 ) -> StoreResult<Option<Record>> {
-    let deadline = tokio::time::Instant::now() + timeout;
+    // A timeout too large to represent (e.g. `Duration::MAX`) means "no deadline".
+    let deadline = tokio::time::Instant::now().checked_add(timeout);
     let mut delay = Duration::from_millis(2);
     loop {
         let rec = store.get(id).await?;
@@ -505,10 +506,12 @@ pub async fn poll_until_settled<S: Store + ?Sized>(
             _ => return Ok(rec),
         }
         let now = tokio::time::Instant::now();
-        if now >= deadline {
-            return Ok(rec);
-        }
-        tokio::time::sleep(delay.min(deadline - now)).await;
+        let left = match deadline {
+            Some(d) if now >= d => return Ok(rec),
+            Some(d) => d - now,
+            None => delay,
+        };
+        tokio::time::sleep(delay.min(left)).await;
         delay = (delay * 2).min(Duration::from_millis(100));
     }
 }

@@ -153,17 +153,19 @@ fn check_host_port(url: &str, hp: &str) -> Result<(), StoreUrlError> {
         };
         after.strip_prefix(':')
     } else {
-        host_port
-            .rsplit_once(':')
-            .map(|(h, p)| if h.is_empty() { "" } else { p })
-    };
-    if let Some(p) = port {
-        if p.parse::<u16>().is_err() {
-            return Err(err(
-                url,
-                format!("port `{p}` is not a number from 0 to 65535"),
-            ));
+        match host_port.rsplit_once(':') {
+            Some(("", _)) => return Err(err(url, "missing host")),
+            Some((_, p)) => Some(p),
+            None => None,
         }
+    };
+    if let Some(p) = port
+        && p.parse::<u16>().is_err()
+    {
+        return Err(err(
+            url,
+            format!("port `{p}` is not a number from 0 to 65535"),
+        ));
     }
     if host_port
         .chars()
@@ -397,6 +399,7 @@ mod tests {
             ("redis://host:6379/abc", "database"),
             ("redis://h?prefix=", "needs a value"),
             ("redis://h?prefix=a b", "prefix"),
+            ("redis://:6379", "missing host"),
             ("postgres://u@h/db?schema=1bad", "schema"),
             ("memory:/x", "no path"),
             ("nocolon", "missing scheme"),

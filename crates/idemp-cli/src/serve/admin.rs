@@ -1,0 +1,249 @@
+//! The admin listener: `/healthz` and Prometheus `/metrics`.
+//!
+//! Metrics are recorded into a Prometheus recorder owned by this proxy (not the
+//! process-global one), so several proxies can run in one process (`idemp demo`).
+//!
+//! | metric | labels |
+//! |---|---|
+//! | `idemp_requests_total` | `disposition` (passed_through, executed, replayed, refused, failed_open), `status` class |
+//! | `idemp_events_total` | `event` (every [`Event`]) |
+//! | `idemp_claims_total`, `idemp_replays_total`, `idemp_conflicts_total`, `idemp_mismatches_total`, `idemp_takeovers_total`, `idemp_fenced_total` | |
+//! | `idemp_store_latency_seconds` (histogram) | `op` (claim, complete, release, renew, wait), `ok` |
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use idemp::http::{Disposition, Event, Observer, StoreOp};
+use idemp::store::{DynStore, RecordKey};
+use metrics::{Counter, Histogram, Key, Label, Metadata, Recorder};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+const METADATA: Metadata<'static> = Metadata::new("idemp::serve", metrics::Level::INFO, None);
+
+const DISPOSITIONS: [&str; 6] = [
+    "passed_through",
+    "executed",
+    "replayed",
+    "refused",
+    "failed_open",
+    "other",
+];
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The proxy's metrics, recorded into its own Prometheus recorder.
+pub struct Metrics {
+    handle: PrometheusHandle,
+    events: HashMap<Event, Vec<Counter>>,
+    latency: HashMap<(StoreOp, bool), Histogram>,
+    requests: HashMap<(&'static str, &'static str), Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric (so they show as 0 before the first request).
+    pub fn new() -> anyhow::Result<Self> {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full("idemp_store_latency_seconds".into()),
+                &[
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0, 2.5, 10.0,
+                ],
+            )?
+            .build_recorder();
+        let handle = recorder.handle();
+        let mut events = HashMap::new();
+        for e in Event::ALL {
+            let mut counters = vec![recorder.register_counter(
+                &Key::from_parts("idemp_events_total", vec![Label::new("event", e.name())]),
+                &METADATA,
+            )];
+            let named = match e {
+                Event::Claimed => Some("idemp_claims_total"),
+                Event::Replayed => Some("idemp_replays_total"),
+                Event::Conflict => Some("idemp_conflicts_total"),
+                Event::Mismatch => Some("idemp_mismatches_total"),
+                Event::TakenOver => Some("idemp_takeovers_total"),
+                Event::Fenced => Some("idemp_fenced_total"),
+                _ => None,
+            };
+            if let Some(name) = named {
+                counters.push(recorder.register_counter(&Key::from_name(name), &METADATA));
+            }
+            for c in &counters {
+                c.absolute(0);
+            }
+            events.insert(e, counters);
+        }
+        let mut latency = HashMap::new();
+        for op in [
+            StoreOp::Claim,
+            StoreOp::Complete,
+            StoreOp::Release,
+            StoreOp::Renew,
+            StoreOp::Wait,
+        ] {
+            for ok in [true, false] {
+                let key = Key::from_parts(
+                    "idemp_store_latency_seconds",
+                    vec![
+                        Label::new("op", op.name()),
+                        Label::new("ok", if ok { "true" } else { "false" }),
+                    ],
+                );
+                latency.insert((op, ok), recorder.register_histogram(&key, &METADATA));
+            }
+        }
+        let mut requests = HashMap::new();
+        for d in DISPOSITIONS {
+            for class in STATUS_CLASSES {
+                let key = Key::from_parts(
+                    "idemp_requests_total",
+                    vec![Label::new("disposition", d), Label::new("status", class)],
+                );
+                requests.insert((d, class), recorder.register_counter(&key, &METADATA));
+            }
+        }
+        Ok(Self {
+            handle,
+            events,
+            latency,
+            requests,
+        })
+    }
+
+    /// Counts one proxied request.
+    pub fn request(&self, disposition: Option<Disposition>, status: StatusCode) {
+        let d = match disposition {
+            Some(Disposition::PassedThrough) | None => "passed_through",
+            Some(Disposition::Executed { .. }) => "executed",
+            Some(Disposition::Replayed) => "replayed",
+            Some(Disposition::Refused(_)) => "refused",
+            Some(Disposition::FailedOpen) => "failed_open",
+            Some(_) => "other",
+        };
+        let class = STATUS_CLASSES[usize::from(status.as_u16() / 100).clamp(1, 5) - 1];
+        if let Some(c) = self.requests.get(&(d, class)) {
+            c.increment(1);
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        self.handle.run_upkeep();
+        self.handle.render()
+    }
+}
+
+impl Observer for Metrics {
+    fn event(&self, event: Event) {
+        if let Some(counters) = self.events.get(&event) {
+            for c in counters {
+                c.increment(1);
+            }
+        }
+    }
+    fn store_latency(&self, op: StoreOp, elapsed: Duration, ok: bool) {
+        if let Some(h) = self.latency.get(&(op, ok)) {
+            h.record(elapsed.as_secs_f64());
+        }
+    }
+}
+
+/// Serves `/healthz` and `/metrics` until `stop` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    store: DynStore,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let store = store.clone();
+                let metrics = metrics.clone();
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let store = store.clone();
+                    let metrics = metrics.clone();
+                    async move { Ok::<_, Infallible>(route(req, &store, &metrics).await) }
+                });
+                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(Bytes::from(body)));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    res
+}
+
+async fn route(
+    req: Request<Incoming>,
+    store: &DynStore,
+    metrics: &Metrics,
+) -> Response<Full<Bytes>> {
+    match req.uri().path() {
+        "/healthz" => {
+            // A point read: cheap on every store, and proves the store answers.
+            let probe = RecordKey::new("idemp:health", "probe");
+            match tokio::time::timeout(Duration::from_secs(2), store.get(&probe)).await {
+                Ok(Ok(_)) => text(StatusCode::OK, "text/plain", "ok\n".into()),
+                Ok(Err(e)) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("store unavailable: {e}\n"),
+                ),
+                Err(_) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "store unavailable: no answer within 2s\n".into(),
+                ),
+            }
+        }
+        "/metrics" => text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            metrics.render(),
+        ),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /healthz or /metrics\n".into(),
+        ),
+    }
+}
+
+/// Where the proxy listens, for logs.
+pub fn describe(addr: Option<SocketAddr>) -> String {
+    addr.map_or_else(|| "off".into(), |a| format!("http://{a}"))
+}

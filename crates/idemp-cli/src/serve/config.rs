@@ -1,0 +1,469 @@
+//! The configuration of `idemp serve`: flags, `IDEMP_…` environment variables and a
+//! TOML file, merged with the precedence flag > environment > file > default.
+//!
+//! clap reads a flag or, when it is absent, its environment variable; whatever is
+//! still unset comes from the file, then from the defaults in [`ServeConfig::new`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use http::{Method, Uri};
+use idemp::store::DynStore;
+use serde::Deserialize;
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Arguments of `idemp serve` (every flag also reads `IDEMP_<FLAG>` and the
+/// `--config` file's key of the same name with `_` for `-`).
+#[derive(Debug, Default, clap::Args)]
+pub struct ServeArgs {
+    /// The upstream base URL (http://HOST:PORT[/BASE]).
+    #[arg(long, env = "IDEMP_UPSTREAM")]
+    pub upstream: Option<String>,
+    /// Address to listen on [default: 127.0.0.1:8787].
+    #[arg(long, env = "IDEMP_LISTEN")]
+    pub listen: Option<String>,
+    /// Admin address for /healthz and /metrics ("off" to disable) [default: 127.0.0.1:8788].
+    #[arg(long, env = "IDEMP_ADMIN")]
+    pub admin: Option<String>,
+    /// Store URL: memory:, sqlite://PATH, redis://HOST:PORT/DB, postgres://USER@HOST:PORT/DB
+    /// [default: sqlite://idemp.db].
+    #[arg(long, env = "IDEMP_STORE")]
+    pub store: Option<String>,
+    /// Refuse guarded requests without an Idempotency-Key (400).
+    #[arg(long, env = "IDEMP_REQUIRE_KEY", num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub require_key: Option<bool>,
+    /// Derive a key from scope + method + path + canonical body for requests without one.
+    #[arg(long, env = "IDEMP_DERIVE_KEY", num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub derive_key: Option<bool>,
+    /// Pass requests through unguarded when the store is down (default: 503).
+    #[arg(long, env = "IDEMP_FAIL_OPEN", num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub fail_open: Option<bool>,
+    /// Retention of stored responses [default: 24h].
+    #[arg(long, env = "IDEMP_TTL")]
+    pub ttl: Option<String>,
+    /// Lease of a running request, renewed every lease/3 [default: 60s].
+    #[arg(long, env = "IDEMP_LEASE")]
+    pub lease: Option<String>,
+    /// How long a duplicate waits for the running request before 409 [default: 10s].
+    #[arg(long, env = "IDEMP_WAIT")]
+    pub wait: Option<String>,
+    /// Largest guarded request body [default: 8MiB].
+    #[arg(long, env = "IDEMP_MAX_BODY")]
+    pub max_body: Option<String>,
+    /// Time for the upstream to send its response headers before 504 [default: 120s].
+    #[arg(long, env = "IDEMP_UPSTREAM_TIMEOUT")]
+    pub upstream_timeout: Option<String>,
+    /// Longest wait for in-flight requests on shutdown [default: 30s].
+    #[arg(long, env = "IDEMP_SHUTDOWN_TIMEOUT")]
+    pub shutdown_timeout: Option<String>,
+    /// Guarded methods, comma-separated [default: POST,PATCH].
+    #[arg(long, env = "IDEMP_METHODS")]
+    pub methods: Option<String>,
+    /// Secret of the principal scope hash (same on every proxy sharing a store).
+    #[arg(long, env = "IDEMP_SCOPE_SECRET", hide_env_values = true)]
+    pub scope_secret: Option<String>,
+    /// Log format [default: text].
+    #[arg(long, env = "IDEMP_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// TOML configuration file.
+    #[arg(long, env = "IDEMP_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// A duration in a file: `"24h"`, `"500ms"`, or a number of seconds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum DurationValue {
+    Seconds(u64),
+    Text(String),
+}
+
+/// A size in a file: `"8MiB"`, or a number of bytes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+/// Methods in a file: `"POST,PATCH"` or `["POST", "PATCH"]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum MethodsValue {
+    List(Vec<String>),
+    Text(String),
+}
+
+/// The `--config` file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    upstream: Option<String>,
+    listen: Option<String>,
+    admin: Option<String>,
+    store: Option<String>,
+    require_key: Option<bool>,
+    derive_key: Option<bool>,
+    fail_open: Option<bool>,
+    ttl: Option<DurationValue>,
+    lease: Option<DurationValue>,
+    wait: Option<DurationValue>,
+    max_body: Option<SizeValue>,
+    upstream_timeout: Option<DurationValue>,
+    shutdown_timeout: Option<DurationValue>,
+    methods: Option<MethodsValue>,
+    scope_secret: Option<String>,
+    log_format: Option<LogFormat>,
+}
+
+/// The resolved configuration of the proxy.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// The upstream base URL.
+    pub upstream: Uri,
+    /// Where to listen (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Where to serve /healthz and /metrics (`None`: nowhere).
+    pub admin: Option<SocketAddr>,
+    /// The store URL.
+    pub store: String,
+    /// An already opened store, used instead of `store` (in-process callers).
+    pub store_instance: Option<DynStore>,
+    /// Refuse guarded requests without a key.
+    pub require_key: bool,
+    /// Derive keys for guarded requests without one.
+    pub derive_key: bool,
+    /// Pass through when the store is down.
+    pub fail_open: bool,
+    /// Retention of stored responses.
+    pub ttl: Duration,
+    /// Lease of a running request.
+    pub lease: Duration,
+    /// How long duplicates wait.
+    pub wait: Duration,
+    /// Largest guarded request body.
+    pub max_body: usize,
+    /// Time for the upstream's response headers.
+    pub upstream_timeout: Duration,
+    /// Longest wait for in-flight requests on shutdown.
+    pub shutdown_timeout: Duration,
+    /// Guarded methods.
+    pub methods: Vec<Method>,
+    /// Secret of the principal scope hash.
+    pub scope_secret: Option<Vec<u8>>,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl ServeConfig {
+    /// The defaults, in front of `upstream`.
+    pub fn new(upstream: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            upstream: parse_upstream(upstream)?,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
+            admin: Some(SocketAddr::from(([127, 0, 0, 1], 8788))),
+            store: "sqlite://idemp.db".into(),
+            store_instance: None,
+            require_key: false,
+            derive_key: false,
+            fail_open: false,
+            ttl: Duration::from_secs(24 * 3600),
+            lease: Duration::from_secs(60),
+            wait: Duration::from_secs(10),
+            max_body: 8 << 20,
+            upstream_timeout: Duration::from_secs(120),
+            shutdown_timeout: Duration::from_secs(30),
+            methods: vec![Method::POST, Method::PATCH],
+            scope_secret: None,
+            log_format: LogFormat::Text,
+        })
+    }
+
+    /// Merges flags/environment (`args`) over the `--config` file over the defaults.
+    pub fn resolve(args: ServeArgs) -> anyhow::Result<Self> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let upstream = args
+            .upstream
+            .or(file.upstream)
+            .context("--upstream is required (or IDEMP_UPSTREAM, or `upstream` in --config)")?;
+        let mut c = Self::new(&upstream)?;
+        if let Some(v) = args.listen.or(file.listen) {
+            c.listen = parse_addr("--listen", &v)?;
+        }
+        if let Some(v) = args.admin.or(file.admin) {
+            c.admin = if v.eq_ignore_ascii_case("off") {
+                None
+            } else {
+                Some(parse_addr("--admin", &v)?)
+            };
+        }
+        if let Some(v) = args.store.or(file.store) {
+            c.store = v;
+        }
+        c.require_key = args
+            .require_key
+            .or(file.require_key)
+            .unwrap_or(c.require_key);
+        c.derive_key = args.derive_key.or(file.derive_key).unwrap_or(c.derive_key);
+        c.fail_open = args.fail_open.or(file.fail_open).unwrap_or(c.fail_open);
+        let dur = |flag: &str, arg: Option<String>, file: Option<DurationValue>, default| match (
+            arg, file,
+        ) {
+            (Some(s), _) | (None, Some(DurationValue::Text(s))) => parse_duration(flag, &s),
+            (None, Some(DurationValue::Seconds(n))) => Ok(Duration::from_secs(n)),
+            (None, None) => Ok(default),
+        };
+        c.ttl = dur("--ttl", args.ttl, file.ttl, c.ttl)?;
+        c.lease = dur("--lease", args.lease, file.lease, c.lease)?;
+        c.wait = dur("--wait", args.wait, file.wait, c.wait)?;
+        c.upstream_timeout = dur(
+            "--upstream-timeout",
+            args.upstream_timeout,
+            file.upstream_timeout,
+            c.upstream_timeout,
+        )?;
+        c.shutdown_timeout = dur(
+            "--shutdown-timeout",
+            args.shutdown_timeout,
+            file.shutdown_timeout,
+            c.shutdown_timeout,
+        )?;
+        if c.lease < Duration::from_millis(30) {
+            bail!("--lease {:?} is too short (at least 30ms)", c.lease);
+        }
+        c.max_body = match (args.max_body, file.max_body) {
+            (Some(s), _) | (None, Some(SizeValue::Text(s))) => parse_size("--max-body", &s)?,
+            (None, Some(SizeValue::Bytes(n))) => usize::try_from(n)
+                .with_context(|| format!("--max-body {n} is too large for this machine"))?,
+            (None, None) => c.max_body,
+        };
+        let methods = match (args.methods, file.methods) {
+            (Some(s), _) | (None, Some(MethodsValue::Text(s))) => {
+                Some(s.split(',').map(|m| m.trim().to_owned()).collect())
+            }
+            (None, Some(MethodsValue::List(l))) => Some(l),
+            (None, None) => None,
+        };
+        if let Some(list) = methods {
+            c.methods = parse_methods(&list)?;
+        }
+        c.scope_secret = args
+            .scope_secret
+            .or(file.scope_secret)
+            .map(String::into_bytes);
+        c.log_format = args.log_format.or(file.log_format).unwrap_or_default();
+        Ok(c)
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read --config {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "invalid --config {}: {}",
+            path.display(),
+            e.to_string().replace('\n', " ")
+        )
+    })
+}
+
+/// Parses the upstream URL: `http://HOST[:PORT][/BASE]`.
+pub fn parse_upstream(s: &str) -> anyhow::Result<Uri> {
+    let uri: Uri = s
+        .trim()
+        .parse()
+        .with_context(|| format!("invalid --upstream `{s}`"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => bail!(
+            "invalid --upstream `{s}`: https upstreams are not supported yet; put a TLS-terminating proxy in between or use http://"
+        ),
+        _ => bail!("invalid --upstream `{s}`: write http://HOST:PORT[/BASE]"),
+    }
+    if uri.authority().is_none_or(|a| a.host().is_empty()) {
+        bail!("invalid --upstream `{s}`: missing host");
+    }
+    if uri.query().is_some() {
+        bail!("invalid --upstream `{s}`: a query string is not allowed");
+    }
+    Ok(uri)
+}
+
+fn parse_addr(flag: &str, s: &str) -> anyhow::Result<SocketAddr> {
+    let s = s.trim();
+    let s = s
+        .strip_prefix("localhost:")
+        .map_or_else(|| s.to_owned(), |port| format!("127.0.0.1:{port}"));
+    s.parse()
+        .with_context(|| format!("invalid {flag} `{s}`: write IP:PORT, e.g. 127.0.0.1:8787"))
+}
+
+/// Parses a duration: `24h`, `60s`, `1h 30m`, `500ms`, or a bare number of seconds.
+pub fn parse_duration(flag: &str, s: &str) -> anyhow::Result<Duration> {
+    let t = s.trim();
+    if let Ok(secs) = t.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(t)
+        .map_err(|e| anyhow::anyhow!("invalid {flag} `{s}`: {e} (write e.g. 500ms, 10s, 5m, 24h)"))
+}
+
+/// Parses a size: `8MiB`, `512KiB`, `1GB`, `100kb`, `4096`, `1.5MiB`. `K`, `M`, `G`
+/// alone are binary (KiB, MiB, GiB); `KB`, `MB`, `GB` are decimal.
+pub fn parse_size(flag: &str, s: &str) -> anyhow::Result<usize> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let unit = unit.trim();
+    let bad = || {
+        anyhow::anyhow!(
+            "invalid {flag} `{s}`: write a number of bytes with an optional unit (B, KiB, MiB, GiB, KB, MB, GB), e.g. 8MiB"
+        )
+    };
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let mult: f64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kib" => 1024.0,
+        "m" | "mib" => 1024.0 * 1024.0,
+        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        _ => return Err(bad()),
+    };
+    let bytes = (n * mult).round();
+    if !bytes.is_finite() || bytes < 0.0 || bytes > usize::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(bytes as usize)
+}
+
+fn parse_methods(list: &[String]) -> anyhow::Result<Vec<Method>> {
+    let mut out = Vec::new();
+    for m in list.iter().filter(|m| !m.is_empty()) {
+        let method = Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+            .map_err(|_| anyhow::anyhow!("invalid --methods entry `{m}`"))?;
+        out.push(method);
+    }
+    if out.is_empty() {
+        bail!("--methods names no method");
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("x", "8MiB").unwrap(), 8 << 20);
+        assert_eq!(parse_size("x", "8 mib").unwrap(), 8 << 20);
+        assert_eq!(parse_size("x", "512KiB").unwrap(), 512 << 10);
+        assert_eq!(parse_size("x", "1K").unwrap(), 1024);
+        assert_eq!(parse_size("x", "1kb").unwrap(), 1000);
+        assert_eq!(parse_size("x", "4096").unwrap(), 4096);
+        assert_eq!(parse_size("x", "1.5MiB").unwrap(), 3 << 19);
+        for bad in ["", "MiB", "8 parsecs", "-1", "1..2M"] {
+            let e = parse_size("--max-body", bad).unwrap_err().to_string();
+            assert!(e.contains("--max-body") && e.contains("8MiB"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_duration("x", "24h").unwrap(),
+            Duration::from_secs(86400)
+        );
+        assert_eq!(
+            parse_duration("x", "500ms").unwrap(),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            parse_duration("x", "1h 30m").unwrap(),
+            Duration::from_secs(5400)
+        );
+        assert_eq!(parse_duration("x", "15").unwrap(), Duration::from_secs(15));
+        let e = parse_duration("--ttl", "soon").unwrap_err().to_string();
+        assert!(e.contains("--ttl") && e.contains("24h"), "{e}");
+    }
+
+    #[test]
+    fn upstreams() {
+        assert!(parse_upstream("http://127.0.0.1:9000").is_ok());
+        assert!(parse_upstream("http://api.internal/v1").is_ok());
+        assert!(
+            parse_upstream("https://api.anthropic.com")
+                .unwrap_err()
+                .to_string()
+                .contains("https")
+        );
+        assert!(parse_upstream("127.0.0.1:9000").is_err());
+        assert!(parse_upstream("http://h/?a=1").is_err());
+    }
+
+    #[test]
+    fn precedence_is_flag_then_file_then_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("idemp.toml");
+        std::fs::write(
+            &path,
+            r#"
+upstream = "http://127.0.0.1:9"
+listen = "127.0.0.1:7000"
+ttl = "2h"
+wait = 3
+max_body = "1KiB"
+require_key = true
+methods = ["post", "put"]
+"#,
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            listen: Some("127.0.0.1:7001".into()),
+            require_key: Some(false),
+            ..Default::default()
+        };
+        let c = ServeConfig::resolve(args).unwrap();
+        assert_eq!(c.listen.port(), 7001, "flag beats file");
+        assert!(!c.require_key, "an explicit false flag beats the file");
+        assert_eq!(c.ttl, Duration::from_secs(7200), "file beats default");
+        assert_eq!(c.wait, Duration::from_secs(3));
+        assert_eq!(c.max_body, 1024);
+        assert_eq!(c.methods, vec![Method::POST, Method::PUT]);
+        assert_eq!(c.lease, Duration::from_secs(60), "default");
+        assert_eq!(c.store, "sqlite://idemp.db");
+
+        std::fs::write(&path, "upstream = \"http://h:1\"\ntll = \"2h\"\n").unwrap();
+        let e = ServeConfig::resolve(ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("tll"), "{e}");
+    }
+}

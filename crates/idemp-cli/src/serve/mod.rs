@@ -1,0 +1,331 @@
+//! `idemp serve`: the idempotency sidecar proxy.
+//!
+//! ```text
+//! client ──▶ accept loop ──▶ access log ──▶ IdempotencyLayer ──▶ Forward ──▶ upstream
+//!                                               │ store (claim / complete / release)
+//! admin listener: /healthz, /metrics
+//! ```
+//!
+//! [`start`] runs it in-process and returns the bound addresses and a handle
+//! ([`RunningProxy`]) for a graceful shutdown; [`run`] is the command: it starts the
+//! proxy, prints where it listens, and shuts down gracefully on SIGTERM or SIGINT
+//! (in-flight requests finish and settle their records).
+
+mod admin;
+mod config;
+mod forward;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::graceful::GracefulShutdown;
+use idemp::http::{Disposition, IdempotencyLayer, InFlight};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tower::{Layer, ServiceExt};
+
+pub use admin::Metrics;
+pub use config::{LogFormat, ServeArgs, ServeConfig};
+pub use forward::ClientAddr;
+
+/// A proxy started by [`start`].
+///
+/// This is the in-process API that `idemp demo` builds on; parts of it are unused by
+/// `idemp serve` itself.
+#[allow(dead_code)]
+#[derive(Debug)]
+pub struct RunningProxy {
+    /// Where the proxy listens.
+    pub listen_addr: SocketAddr,
+    /// Where `/healthz` and `/metrics` are served, if anywhere.
+    pub admin_addr: Option<SocketAddr>,
+    /// The proxy's metrics.
+    pub metrics: Arc<Metrics>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+    in_flight: InFlight,
+}
+
+#[allow(dead_code)]
+impl RunningProxy {
+    /// How many claimed requests are still running (spawned handler tasks).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.count()
+    }
+
+    /// Stops accepting, lets in-flight requests finish and settle their records
+    /// (up to the configured shutdown timeout), then returns.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        self.task.await.context("the proxy task failed")
+    }
+
+    /// Waits until the proxy stops (after [`shutdown`](Self::shutdown) from another
+    /// handle is impossible: use this only with a signal-driven stop).
+    async fn stopped(self) -> anyhow::Result<()> {
+        self.task.await.context("the proxy task failed")
+    }
+}
+
+/// Starts the proxy in the current tokio runtime: opens the store, binds the
+/// listeners (port 0 picks free ports) and serves until [`RunningProxy::shutdown`].
+pub async fn start(config: ServeConfig) -> anyhow::Result<RunningProxy> {
+    let store = match &config.store_instance {
+        Some(s) => s.clone(),
+        None => idemp::store::open(&config.store)
+            .await
+            .with_context(|| format!("cannot open the store {}", mask(&config.store)))?,
+    };
+    let metrics = Arc::new(Metrics::new()?);
+    let mut builder = IdempotencyLayer::builder(store.clone())
+        .methods(config.methods.clone())
+        .require_key(config.require_key)
+        .derive_key(config.derive_key)
+        .fail_open(config.fail_open)
+        .ttl(config.ttl)
+        .lease(config.lease)
+        .wait(config.wait)
+        .max_body(config.max_body)
+        .observer(metrics.clone());
+    if let Some(secret) = &config.scope_secret {
+        builder = builder.scope_secret(secret);
+    }
+    let layer = builder.build();
+    let in_flight = layer.in_flight();
+    let forward = forward::Forward::new(&config.upstream, config.upstream_timeout)?;
+    let service = layer.layer(forward);
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listen_addr = listener.local_addr()?;
+    let (stop, stop_rx) = watch::channel(false);
+
+    let admin_addr = match config.admin {
+        Some(addr) => {
+            let admin = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on --admin {addr}"))?;
+            let bound = admin.local_addr()?;
+            tokio::spawn(admin::serve(
+                admin,
+                store.clone(),
+                metrics.clone(),
+                stop_rx.clone(),
+            ));
+            Some(bound)
+        }
+        None => None,
+    };
+    // Prometheus histograms need periodic upkeep.
+    {
+        let metrics = metrics.clone();
+        let mut stop_rx = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => { let _ = metrics.render(); }
+                    _ = stop_rx.changed() => return,
+                }
+            }
+        });
+    }
+
+    let task = tokio::spawn(accept_loop(
+        listener,
+        service,
+        metrics.clone(),
+        stop_rx,
+        in_flight.clone(),
+        config.shutdown_timeout,
+    ));
+    tracing::info!(
+        listen = %listen_addr,
+        admin = %admin::describe(admin_addr),
+        upstream = %config.upstream,
+        store = %mask(&config.store),
+        "idemp serve started"
+    );
+    Ok(RunningProxy {
+        listen_addr,
+        admin_addr,
+        metrics,
+        stop,
+        task,
+        in_flight,
+    })
+}
+
+fn mask(url: &str) -> String {
+    idemp::store::url::mask_password(url)
+}
+
+type Stack = idemp::http::Idempotency<forward::Forward>;
+
+async fn accept_loop(
+    listener: TcpListener,
+    service: Stack,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+    in_flight: InFlight,
+    grace: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let service = service.clone();
+                let metrics = metrics.clone();
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    handle(service.clone(), metrics.clone(), peer, req)
+                });
+                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, client = %peer, "connection ended with an error");
+                    }
+                });
+            }
+            _ = stop.changed() => break,
+        }
+    }
+    drop(listener);
+    tracing::info!("shutting down: waiting for in-flight requests");
+    let deadline = Instant::now() + grace;
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(?grace, "connections still open after the shutdown timeout");
+    }
+    let left = deadline.saturating_duration_since(Instant::now());
+    if tokio::time::timeout(left, in_flight.drained())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            running = in_flight.count(),
+            "requests still running after the shutdown timeout; their records stay in progress until their lease passes"
+        );
+    }
+    tracing::info!("stopped");
+}
+
+async fn handle(
+    service: Stack,
+    metrics: Arc<Metrics>,
+    peer: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Result<Response<idemp::http::ResponseBody<forward::ForwardBody>>, Infallible> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    req.extensions_mut().insert(ClientAddr(peer));
+    let res = service.oneshot(req).await?;
+    let disposition = res.extensions().get::<Disposition>().copied();
+    metrics.request(disposition, res.status());
+    tracing::info!(
+        target: "idemp::access",
+        client = %peer.ip(),
+        %method,
+        path,
+        status = res.status().as_u16(),
+        disposition = disposition_name(disposition),
+        micros = start.elapsed().as_micros() as u64,
+        "request"
+    );
+    Ok(res)
+}
+
+fn disposition_name(d: Option<Disposition>) -> &'static str {
+    match d {
+        Some(Disposition::PassedThrough) | None => "passed_through",
+        Some(Disposition::Executed { takeover: true, .. }) => "executed_takeover",
+        Some(Disposition::Executed { stored: true, .. }) => "executed",
+        Some(Disposition::Executed { .. }) => "executed_not_stored",
+        Some(Disposition::Replayed) => "replayed",
+        Some(Disposition::Refused(kind)) => kind.slug(),
+        Some(Disposition::FailedOpen) => "failed_open",
+        Some(_) => "other",
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("IDEMP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Runs `idemp serve` until SIGTERM or SIGINT.
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = ServeConfig::resolve(args)?;
+    init_logging(config.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    runtime.block_on(async move {
+        let proxy = start(config).await?;
+        // The one line a script (or a test) waits for.
+        println!(
+            "idemp serve listening on http://{} admin {}",
+            proxy.listen_addr,
+            admin::describe(proxy.admin_addr)
+        );
+        let stop = proxy.stop.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("signal received");
+            let _ = stop.send(true);
+        });
+        proxy.stopped().await
+    })
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,12 @@
+-- purge: KEYS[1] record.
+-- ARGV: 1 now override, 2 guard ms, 3 channel, 4 message.
+-- Reply: 1 when a live record was removed, else 0.
+local k = KEYS[1]
+local now = now_ms(ARGV[1])
+local h = redis.call('HMGET', k, 'state', 'token', 'expires')
+if not is_live(h[1], h[3], now) then
+  return 0
+end
+tombstone(k, tonumber(h[2]), now, tonumber(ARGV[2]))
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1

@@ -1,0 +1,1034 @@
+//! Redis store (feature `redis`): many machines share one Redis (or Redis Cluster).
+//!
+//! ```no_run
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use idemp::store::{Claim, ClaimOutcome, RecordKey, Store, redis::RedisStore};
+//!
+//! let store = RedisStore::connect("redis://127.0.0.1:6379/0?prefix=billing").await?;
+//! if let ClaimOutcome::Acquired { token, .. } =
+//!     store.claim(&Claim::new(RecordKey::new("charge", "order-42"))).await?
+//! {
+//!     // … the side effect …
+//!     # let _ = token;
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! URLs: `redis://[USER:PASS@]HOST[:PORT][/DB][?prefix=P]` (a [`ConnectionManager`]
+//! that reconnects) and `redis+cluster://HOST:PORT,HOST:PORT[?prefix=P]` (a cluster
+//! connection that follows the slot map). The prefix (default `idemp`) lets many
+//! applications share one server.
+//!
+//! # Design
+//!
+//! * **One round trip per operation.** `claim`, `complete`/`fail`, `release`, `renew`,
+//!   `purge` and `get` are each one Lua script (`EVALSHA`, loaded on first use: a
+//!   `NOSCRIPT` reply loads it and retries once). Each is atomic on the server, so the
+//!   compare-and-set on the fencing token needs no `WATCH` and no lock.
+//! * **One hash per record** (fields `scope`, `key`, `state`, `token`, `fp`,
+//!   `attempts`, `created`, `updated`, `lease_until`, `ttl`, `expires`, `codec`,
+//!   `compression`, `outcome`) under `<prefix>:<scope digest>:{<record digest>}`. Scope
+//!   and key never appear in the key name, so no byte of theirs can break the Cluster
+//!   hash tag; the scripts compare the stored scope and key so a digest collision is
+//!   an error, never a shared record (see `layout`).
+//! * **One clock.** Every script reads the server's `TIME`, so leases and expiries do
+//!   not depend on the workers' clocks (a worker whose clock is off by a minute still
+//!   sees the same leases). [`RedisStore::with_clock`] replaces it by a client clock
+//!   for tests.
+//! * **Fencing tokens** are a hybrid logical clock: `token = max(previous + 1, now_ms)`.
+//!   `release` and `purge` leave a tombstone holding the last token until the clock
+//!   has passed it (plus a guard of a few seconds), and settled records are kept at
+//!   least as long, so a token is never issued twice for a key even though the record
+//!   itself is gone. Tokens therefore look like timestamps; they only ever grow.
+//! * **Expiry is native** (`PEXPIRE`): a settled record lives `ttl` after settling;
+//!   an in-progress record lives `max(lease, ttl)` after its last claim or renewal.
+//!   An abandoned in-progress record thus stays visible as *ambiguous* after its lease
+//!   passes (so a takeover, or `on_ambiguous`, can see that a previous attempt may have
+//!   run), and is reclaimed by Redis once its ttl passes too, like a settled record
+//!   nobody asks about. Scripts also compare `expires` with the clock, so a record is
+//!   invisible from the exact millisecond it expires. [`Store::sweep`] returns 0.
+//! * **Notifications**: settle/release/purge publish the record digest on
+//!   `<prefix>:settled`; [`Store::wait`] uses one shared subscriber connection per store
+//!   and falls back to polling (see `notify`).
+//! * **`list` and `stats`** are administrative: they `SCAN` the prefix (every master
+//!   in a cluster) and read each record, `O(records)` per call; `list` sorts what it
+//!   found by (scope, key) and returns the page after `after`.
+//!
+//! # Failure policy
+//!
+//! The store fails closed: a connection error, timeout, `LOADING`, `OOM`, `MISCONF`,
+//! `READONLY`, `CLUSTERDOWN`… is returned as [`StoreError::Unavailable`] with the cause,
+//! and nothing is assumed about the operation. Running the operation anyway (fail
+//! open) is a caller policy: the guard and the HTTP layer decide it, knowingly giving
+//! up at-most-once while Redis is down. A write whose reply was lost may have been
+//! applied: a retried `claim` then finds the caller's own live claim (the key stays
+//! blocked until the lease passes: safe, never a double run), and a retried
+//! `complete`/`fail` with the same token that finds the record already settled in the
+//! same state succeeds without changing it.
+//!
+//! # Durability
+//!
+//! See [`DurabilityReport`]: `appendonly yes` with `appendfsync everysec|always`, and
+//! `maxmemory-policy noeviction`, are checked (and warned about) on connect.
+
+mod durability;
+mod layout;
+mod notify;
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::cluster_async::ClusterConnection;
+use ::redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use ::redis::{Cmd, ErrorKind, RedisError, Script, ScriptInvocation, ServerErrorKind, Value};
+
+use super::*;
+use crate::clock::{Millis, SharedClock, duration_ms};
+
+pub use durability::DurabilityReport;
+pub use layout::DEFAULT_PREFIX;
+#[cfg(test)]
+use layout::digest_of_key;
+use layout::{Layout, record_digest};
+use notify::Notifier;
+
+/// Tokens stay unique while the server clock steps back by less than this (real clock).
+const GUARD_MS: u64 = 5_000;
+/// With a client clock (tests), which need not follow real time, keep the token
+/// counter of gone records much longer.
+const CLIENT_CLOCK_GUARD_MS: u64 = 3_600_000;
+/// Leases and ttls are clamped to 100 years (Lua numbers are doubles).
+const MAX_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
+/// Poll interval of `wait` while notifications flow (a safety net only).
+const NOTIFIED_POLL: Duration = Duration::from_millis(500);
+/// Keys fetched per batch by `list` and `stats`.
+const BATCH: usize = 256;
+
+struct Scripts {
+    claim: Script,
+    settle: Script,
+    release: Script,
+    renew: Script,
+    purge: Script,
+    get: Script,
+}
+
+const PRELUDE: &str = include_str!("lua/prelude.lua");
+
+static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
+    let s = |body: &str| Script::new(&format!("{PRELUDE}\n{body}"));
+    Scripts {
+        claim: s(include_str!("lua/claim.lua")),
+        settle: s(include_str!("lua/settle.lua")),
+        release: s(include_str!("lua/release.lua")),
+        renew: s(include_str!("lua/renew.lua")),
+        purge: s(include_str!("lua/purge.lua")),
+        get: s(include_str!("lua/get.lua")),
+    }
+});
+
+/// Connection options of [`RedisStore::connect_with`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct RedisOptions {
+    /// Key prefix; overrides the URL's `?prefix=`. Default: the URL's, else `idemp`.
+    pub prefix: Option<String>,
+    /// How long to wait for a reply before the operation fails as `Unavailable`
+    /// (default 5 s).
+    pub response_timeout: Duration,
+    /// How long to wait for a connection (default 2 s).
+    pub connection_timeout: Duration,
+    /// Reconnection attempts per failed connection before giving up until the next
+    /// operation (default 2).
+    pub reconnect_retries: usize,
+    /// Check the durability settings on connect and warn (default true).
+    pub check_durability: bool,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        Self {
+            prefix: None,
+            response_timeout: Duration::from_secs(5),
+            connection_timeout: Duration::from_secs(2),
+            reconnect_retries: 2,
+            check_durability: true,
+        }
+    }
+}
+
+impl RedisOptions {
+    /// Sets the key prefix.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = Some(prefix.into());
+        self
+    }
+    /// Sets the response timeout.
+    pub fn response_timeout(mut self, d: Duration) -> Self {
+        self.response_timeout = d;
+        self
+    }
+    /// Sets the connection timeout.
+    pub fn connection_timeout(mut self, d: Duration) -> Self {
+        self.connection_timeout = d;
+        self
+    }
+    /// Sets the reconnection attempts.
+    pub fn reconnect_retries(mut self, n: usize) -> Self {
+        self.reconnect_retries = n;
+        self
+    }
+    /// Enables or disables the durability check on connect.
+    pub fn check_durability(mut self, yes: bool) -> Self {
+        self.check_durability = yes;
+        self
+    }
+}
+
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// The Redis store. See the [module docs](self).
+pub struct RedisStore {
+    conn: Conn,
+    layout: Layout,
+    clock: Option<SharedClock>,
+    notifier: Arc<Notifier>,
+    /// Clients for the notification subscriber (the seed nodes in a cluster).
+    pubsub_clients: Vec<::redis::Client>,
+    /// The server, for messages (password masked).
+    server: String,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("server", &self.server)
+            .field("prefix", &self.layout.prefix())
+            .field("cluster", &matches!(self.conn, Conn::Cluster(_)))
+            .field("client_clock", &self.clock.is_some())
+            .finish()
+    }
+}
+
+fn check_prefix(p: &str) -> StoreResult<()> {
+    if p.is_empty() || p.len() > 200 || p.contains(['{', '}']) || p.chars().any(char::is_control) {
+        return Err(StoreError::Invalid(format!(
+            "redis key prefix `{p}` must be 1-200 characters without braces or control characters"
+        )));
+    }
+    Ok(())
+}
+
+fn ms(d: Duration) -> u64 {
+    duration_ms(d).min(MAX_MS)
+}
+
+impl RedisStore {
+    /// Connects to `redis://…` or `redis+cluster://…` (see [`StoreUrl`]).
+    pub async fn connect(url: &str) -> StoreResult<Self> {
+        let parsed: StoreUrl = url
+            .parse()
+            .map_err(|e: StoreUrlError| StoreError::Invalid(e.to_string()))?;
+        Self::connect_url(&parsed).await
+    }
+
+    /// Connects using a parsed store URL, with default options.
+    pub async fn connect_url(url: &StoreUrl) -> StoreResult<Self> {
+        Self::connect_with(url, RedisOptions::default()).await
+    }
+
+    /// Connects using a parsed store URL and options.
+    pub async fn connect_with(url: &StoreUrl, options: RedisOptions) -> StoreResult<Self> {
+        let (conn, url_prefix, pubsub_clients) = match url {
+            StoreUrl::Redis { url: u, prefix } => {
+                let client = ::redis::Client::open(u.as_str())
+                    .map_err(|e| StoreError::Invalid(format!("redis URL {url}: {e}")))?;
+                let config = ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(options.response_timeout))
+                    .set_connection_timeout(Some(options.connection_timeout))
+                    .set_number_of_retries(options.reconnect_retries)
+                    .set_max_delay(Duration::from_secs(1));
+                let manager = client
+                    .get_connection_manager_with_config(config)
+                    .await
+                    .map_err(|e| unavailable(url, &e))?;
+                (Conn::Single(manager), prefix.clone(), vec![client])
+            }
+            StoreUrl::RedisCluster { nodes, prefix } => {
+                let client = ::redis::cluster::ClusterClient::builder(nodes.clone())
+                    .connection_timeout(options.connection_timeout)
+                    .response_timeout(options.response_timeout)
+                    .retries(options.reconnect_retries as u32)
+                    .build()
+                    .map_err(|e| StoreError::Invalid(format!("redis cluster URL {url}: {e}")))?;
+                let conn = client
+                    .get_async_connection()
+                    .await
+                    .map_err(|e| unavailable(url, &e))?;
+                let mut clients = Vec::new();
+                for n in nodes {
+                    clients.push(
+                        ::redis::Client::open(n.as_str())
+                            .map_err(|e| StoreError::Invalid(format!("redis node {n}: {e}")))?,
+                    );
+                }
+                (Conn::Cluster(conn), prefix.clone(), clients)
+            }
+            other => {
+                return Err(StoreError::Invalid(format!(
+                    "not a redis URL: {other} (expected redis:// or redis+cluster://)"
+                )));
+            }
+        };
+        let prefix = options
+            .prefix
+            .or(url_prefix)
+            .unwrap_or_else(|| DEFAULT_PREFIX.to_string());
+        check_prefix(&prefix)?;
+        let store = Self {
+            conn,
+            layout: Layout::new(&prefix),
+            clock: None,
+            notifier: Arc::new(Notifier::default()),
+            pubsub_clients,
+            server: url.to_string(),
+        };
+        if options.check_durability {
+            store.durability().await?.log(&store.server);
+        }
+        Ok(store)
+    }
+
+    /// Uses `clock` instead of the server's `TIME` (for tests that move time by hand).
+    ///
+    /// Every worker sharing the records must then use the same clock. Native expiry
+    /// still runs on real time, so records stay physically for at least an hour after
+    /// their last change (they are invisible once logically expired).
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        self.layout.prefix()
+    }
+
+    /// The Redis key of a record (for inspection with `redis-cli`).
+    pub fn record_key(&self, id: &RecordKey) -> String {
+        self.layout.record_key(id)
+    }
+
+    /// The pub/sub channel on which settled, released and purged records are announced.
+    pub fn channel(&self) -> &str {
+        self.layout.channel()
+    }
+
+    /// Reads the server's durability settings (`CONFIG GET`); see [`DurabilityReport`].
+    /// A server that refuses `CONFIG` yields a report with `unreadable` set.
+    pub async fn durability(&self) -> StoreResult<DurabilityReport> {
+        let mut values = Vec::new();
+        for name in ["appendonly", "appendfsync", "maxmemory-policy"] {
+            let mut cmd = ::redis::cmd("CONFIG");
+            cmd.arg("GET").arg(name);
+            match self.query_any::<HashMap<String, String>>(cmd).await {
+                Ok(mut m) => values.push(m.remove(name)),
+                Err(e) if is_unavailable(&e) => return Err(unavailable(&self.server, &e)),
+                Err(e) => return Ok(DurabilityReport::unreadable(e.to_string())),
+            }
+        }
+        let mut it = values.into_iter();
+        Ok(DurabilityReport::from_config(
+            it.next().flatten(),
+            it.next().flatten(),
+            it.next().flatten(),
+        ))
+    }
+
+    /// Deletes every record and tombstone under this store's prefix (for tests and
+    /// decommissioning). Returns how many keys were removed. Owners of deleted
+    /// in-progress records are fenced; tokens keep growing with the clock.
+    pub async fn clear(&self) -> StoreResult<u64> {
+        let keys = self.scan(&self.layout.match_pattern(None)).await?;
+        let mut removed = 0u64;
+        for chunk in keys.chunks(BATCH) {
+            let futs = chunk.iter().map(|k| {
+                let mut cmd = ::redis::cmd("UNLINK");
+                cmd.arg(k);
+                self.query::<u64>(cmd)
+            });
+            for n in futures_util::future::try_join_all(futs).await? {
+                removed += n;
+            }
+        }
+        Ok(removed)
+    }
+
+    fn now_arg(&self) -> String {
+        match &self.clock {
+            Some(c) => c.now_ms().to_string(),
+            None => String::new(),
+        }
+    }
+
+    fn guard(&self) -> u64 {
+        if self.clock.is_some() {
+            CLIENT_CLOCK_GUARD_MS
+        } else {
+            GUARD_MS
+        }
+    }
+
+    async fn eval(&self, inv: &ScriptInvocation<'_>, id: &RecordKey) -> StoreResult<Value> {
+        let result = match &self.conn {
+            Conn::Single(c) => inv.invoke_async(&mut c.clone()).await,
+            Conn::Cluster(c) => inv.invoke_async(&mut c.clone()).await,
+        };
+        result.map_err(|e| self.map_err(e, Some(id)))
+    }
+
+    /// A keyed command (routed by its key in a cluster).
+    async fn query<T: ::redis::FromRedisValue>(&self, cmd: Cmd) -> StoreResult<T> {
+        let result = match &self.conn {
+            Conn::Single(c) => cmd.query_async(&mut c.clone()).await,
+            Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+        };
+        result.map_err(|e| self.map_err(e, None))
+    }
+
+    /// A keyless command, sent to any one node.
+    async fn query_any<T: ::redis::FromRedisValue>(&self, cmd: Cmd) -> Result<T, RedisError> {
+        match &self.conn {
+            Conn::Single(c) => cmd.query_async(&mut c.clone()).await,
+            Conn::Cluster(c) => {
+                let v = c
+                    .clone()
+                    .route_command(cmd, RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random))
+                    .await?;
+                ::redis::from_redis_value(v).map_err(RedisError::from)
+            }
+        }
+    }
+
+    fn map_err(&self, e: RedisError, id: Option<&RecordKey>) -> StoreError {
+        if e.code() == Some("IDEMP_COLLISION") {
+            return match id {
+                Some(id) => StoreError::Corrupt {
+                    id: id.clone(),
+                    reason: e.to_string(),
+                },
+                None => StoreError::backend(e),
+            };
+        }
+        if e.kind() == ErrorKind::Server(ServerErrorKind::ResponseError)
+            && e.to_string().contains("WRONGTYPE")
+            || e.code() == Some("WRONGTYPE")
+        {
+            return StoreError::Incompatible(format!(
+                "a key under prefix `{}` is not an idemp record: {e}",
+                self.layout.prefix()
+            ));
+        }
+        if is_unavailable(&e) {
+            return unavailable(&self.server, &e);
+        }
+        StoreError::backend(e)
+    }
+
+    /// The current time of the store's clock.
+    async fn now(&self) -> StoreResult<Millis> {
+        if let Some(c) = &self.clock {
+            return Ok(c.now_ms());
+        }
+        let (secs, micros): (u64, u64) = self
+            .query_any(::redis::cmd("TIME"))
+            .await
+            .map_err(|e| self.map_err(e, None))?;
+        Ok(secs * 1000 + micros / 1000)
+    }
+
+    /// Every key matching `pattern` (deduplicated; `SCAN` may repeat keys).
+    async fn scan(&self, pattern: &str) -> StoreResult<Vec<Vec<u8>>> {
+        let mut keys = Vec::new();
+        match &self.conn {
+            Conn::Single(c) => {
+                let mut c = c.clone();
+                let mut cursor = 0u64;
+                loop {
+                    let (next, batch): (u64, Vec<Vec<u8>>) = ::redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut c)
+                        .await
+                        .map_err(|e| self.map_err(e, None))?;
+                    keys.extend(batch);
+                    cursor = next;
+                    if cursor == 0 {
+                        break;
+                    }
+                }
+            }
+            Conn::Cluster(c) => {
+                let mut c = c.clone();
+                for (host, port) in self.cluster_masters().await? {
+                    let mut cursor = 0u64;
+                    loop {
+                        let mut cmd = ::redis::cmd("SCAN");
+                        cmd.arg(cursor)
+                            .arg("MATCH")
+                            .arg(pattern)
+                            .arg("COUNT")
+                            .arg(1000);
+                        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                            host: host.clone(),
+                            port,
+                        });
+                        let v = c
+                            .route_command(cmd, routing)
+                            .await
+                            .map_err(|e| self.map_err(e, None))?;
+                        let (next, batch): (u64, Vec<Vec<u8>>) = ::redis::from_redis_value(v)
+                            .map_err(|e| self.map_err(RedisError::from(e), None))?;
+                        keys.extend(batch);
+                        cursor = next;
+                        if cursor == 0 {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        Ok(keys)
+    }
+
+    /// The (host, port) of every master of the cluster, from `CLUSTER NODES`.
+    async fn cluster_masters(&self) -> StoreResult<Vec<(String, u16)>> {
+        let mut cmd = ::redis::cmd("CLUSTER");
+        cmd.arg("NODES");
+        let text: String = self
+            .query_any(cmd)
+            .await
+            .map_err(|e| self.map_err(e, None))?;
+        Ok(parse_cluster_masters(&text))
+    }
+
+    /// Reads records' keys: returns, for each live one, its id and Redis key.
+    async fn live_ids(
+        &self,
+        keys: &[Vec<u8>],
+        now: Millis,
+    ) -> StoreResult<Vec<(RecordKey, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for chunk in keys.chunks(BATCH) {
+            let futs = chunk.iter().map(|k| {
+                let mut cmd = ::redis::cmd("HMGET");
+                cmd.arg(k)
+                    .arg("scope")
+                    .arg("key")
+                    .arg("state")
+                    .arg("expires");
+                self.query::<(Option<String>, Option<String>, Option<String>, Option<u64>)>(cmd)
+            });
+            let rows = futures_util::future::try_join_all(futs).await?;
+            for (k, (scope, key, state, expires)) in chunk.iter().zip(rows) {
+                let (Some(scope), Some(key)) = (scope, key) else {
+                    continue;
+                };
+                if is_live(state.as_deref(), expires, now) {
+                    out.push((RecordKey { scope, key }, k.clone()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn get_by_key(&self, rkey: &[u8], id: &RecordKey) -> StoreResult<Option<Record>> {
+        let mut inv = SCRIPTS.get.prepare_invoke();
+        inv.key(rkey).arg(self.now_arg());
+        let v = self.eval(&inv, id).await?;
+        let items = array(v, id)?;
+        if int_at(&items, 0, id)? == 0 {
+            return Ok(None);
+        }
+        // {2, now, F..., scope, key}
+        let stored_scope = items.get(13).and_then(as_string);
+        let stored_key = items.get(14).and_then(as_string);
+        if stored_scope.as_deref() != Some(id.scope.as_str())
+            || stored_key.as_deref() != Some(id.key.as_str())
+        {
+            return Err(StoreError::Corrupt {
+                id: id.clone(),
+                reason: format!(
+                    "key {} holds another record ({stored_scope:?}/{stored_key:?})",
+                    String::from_utf8_lossy(rkey)
+                ),
+            });
+        }
+        parse_record(id, &items[2..13]).map(Some)
+    }
+
+    fn fenced(&self, id: &RecordKey, token: Token, items: &[Value]) -> StoreError {
+        StoreError::Fenced {
+            id: id.clone(),
+            token,
+            current: items.get(1).and_then(as_u64),
+        }
+    }
+
+    async fn settle(
+        &self,
+        id: &RecordKey,
+        token: Token,
+        state: &str,
+        outcome: Outcome,
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        let key = self.layout.record_key(id);
+        let mut inv = SCRIPTS.settle.prepare_invoke();
+        inv.key(&key)
+            .arg(token)
+            .arg(state)
+            .arg(outcome.bytes)
+            .arg(outcome.codec.as_u8())
+            .arg(outcome.compression.as_u8())
+            .arg(ms(ttl))
+            .arg(self.now_arg())
+            .arg(self.guard())
+            .arg(self.layout.channel())
+            .arg(record_digest(id));
+        let items = array(self.eval(&inv, id).await?, id)?;
+        match int_at(&items, 0, id)? {
+            1 | 2 => Ok(()),
+            _ => Err(self.fenced(id, token, &items)),
+        }
+    }
+}
+
+/// Whether a Redis error means "the store cannot be reached / cannot serve now".
+fn is_unavailable(e: &RedisError) -> bool {
+    if e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_cluster_error()
+    {
+        return true;
+    }
+    if matches!(
+        e.kind(),
+        ErrorKind::ClusterConnectionNotFound
+            | ErrorKind::Server(ServerErrorKind::BusyLoading)
+            | ErrorKind::Server(ServerErrorKind::MasterDown)
+            | ErrorKind::Server(ServerErrorKind::ReadOnly)
+    ) {
+        return true;
+    }
+    matches!(
+        e.code(),
+        Some("OOM" | "MISCONF" | "BUSY" | "NOREPLICAS" | "LOADING" | "READONLY" | "MASTERDOWN")
+    )
+}
+
+fn unavailable(server: &impl fmt::Display, e: &RedisError) -> StoreError {
+    StoreError::Unavailable(format!(
+        "redis {server}: {e} (is the server running? `scripts/services.sh` starts a local one)"
+    ))
+}
+
+fn parse_cluster_masters(text: &str) -> Vec<(String, u16)> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(addr), Some(flags)) = (fields.get(1), fields.get(2)) else {
+            continue;
+        };
+        if !flags.split(',').any(|f| f == "master")
+            || flags.split(',').any(|f| f == "fail" || f == "noaddr")
+        {
+            continue;
+        }
+        let hostport = addr.split(['@', ',']).next().unwrap_or_default();
+        if let Some((host, port)) = hostport.rsplit_once(':')
+            && let (false, Ok(port)) = (host.is_empty(), port.parse::<u16>())
+        {
+            out.push((host.to_string(), port));
+        }
+    }
+    out
+}
+
+fn is_live(state: Option<&str>, expires: Option<u64>, now: Millis) -> bool {
+    match state {
+        Some("p") => true,
+        Some("c") | Some("f") => expires.unwrap_or(0) > now,
+        _ => false,
+    }
+}
+
+fn corrupt(id: &RecordKey, reason: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        id: id.clone(),
+        reason: reason.into(),
+    }
+}
+
+fn array(v: Value, id: &RecordKey) -> StoreResult<Vec<Value>> {
+    match v {
+        Value::Array(items) => Ok(items),
+        other => Err(corrupt(id, format!("unexpected script reply {other:?}"))),
+    }
+}
+
+fn as_u64(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(i) => u64::try_from(*i).ok(),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn as_string(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn int_at(items: &[Value], i: usize, id: &RecordKey) -> StoreResult<u64> {
+    items
+        .get(i)
+        .and_then(as_u64)
+        .ok_or_else(|| corrupt(id, format!("script reply item {i} is not a number")))
+}
+
+/// Parses the fields `F` of the scripts: state, token, fp, attempts, created, updated,
+/// lease_until, expires, codec, compression, outcome.
+fn parse_record(id: &RecordKey, f: &[Value]) -> StoreResult<Record> {
+    let num = |i: usize, what: &str| -> StoreResult<u64> {
+        f.get(i)
+            .and_then(as_u64)
+            .ok_or_else(|| corrupt(id, format!("field `{what}` missing or not a number")))
+    };
+    let fingerprint = match f.get(2) {
+        Some(Value::BulkString(b)) if b.is_empty() => None,
+        Some(Value::BulkString(b)) => Some(Fingerprint(
+            b.as_slice()
+                .try_into()
+                .map_err(|_| corrupt(id, "fingerprint is not 32 bytes"))?,
+        )),
+        _ => None,
+    };
+    let outcome = || -> StoreResult<Outcome> {
+        let codec =
+            Codec::from_u8(num(8, "codec")? as u8).ok_or_else(|| corrupt(id, "unknown codec"))?;
+        let compression = Compression::from_u8(num(9, "compression")? as u8)
+            .ok_or_else(|| corrupt(id, "unknown compression"))?;
+        let bytes = match f.get(10) {
+            Some(Value::BulkString(b)) => b.clone(),
+            _ => return Err(corrupt(id, "field `outcome` missing")),
+        };
+        Ok(Outcome {
+            codec,
+            compression,
+            bytes,
+        })
+    };
+    let state_name = f.first().and_then(as_string).unwrap_or_default();
+    let (state, expires_at) = match state_name.as_str() {
+        "p" => (
+            State::InProgress {
+                lease_until: num(6, "lease_until")?,
+            },
+            None,
+        ),
+        "c" => (State::Completed(outcome()?), Some(num(7, "expires")?)),
+        "f" => (State::Failed(outcome()?), Some(num(7, "expires")?)),
+        other => return Err(corrupt(id, format!("unknown state `{other}`"))),
+    };
+    Ok(Record {
+        id: id.clone(),
+        fingerprint,
+        state,
+        token: num(1, "token")?,
+        attempts: u32::try_from(num(3, "attempts")?).unwrap_or(u32::MAX),
+        created_at: num(4, "created")?,
+        updated_at: num(5, "updated")?,
+        expires_at,
+    })
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn claim(&self, claim: &Claim) -> StoreResult<ClaimOutcome> {
+        let id = &claim.id;
+        let key = self.layout.record_key(id);
+        let fp: &[u8] = match &claim.fingerprint {
+            Some(f) => &f.0,
+            None => &[],
+        };
+        let mut inv = SCRIPTS.claim.prepare_invoke();
+        inv.key(&key)
+            .arg(&id.scope)
+            .arg(&id.key)
+            .arg(fp)
+            .arg(ms(claim.lease))
+            .arg(ms(claim.ttl))
+            .arg(if claim.take_over_expired { "1" } else { "0" })
+            .arg(self.now_arg())
+            .arg(self.guard());
+        let items = array(self.eval(&inv, id).await?, id)?;
+        match int_at(&items, 0, id)? {
+            1 => {
+                let prev = int_at(&items, 3, id)?;
+                Ok(ClaimOutcome::Acquired {
+                    token: int_at(&items, 1, id)?,
+                    lease_until: int_at(&items, 2, id)?,
+                    takeover: (prev != 0).then_some(prev),
+                    attempt: u32::try_from(int_at(&items, 4, id)?).unwrap_or(u32::MAX),
+                })
+            }
+            2 => Ok(ClaimOutcome::Existing(parse_record(id, &items[2..])?)),
+            3 => Ok(ClaimOutcome::Mismatch(parse_record(id, &items[2..])?)),
+            other => Err(corrupt(id, format!("unknown claim reply {other}"))),
+        }
+    }
+
+    async fn complete(
+        &self,
+        id: &RecordKey,
+        token: Token,
+        outcome: Outcome,
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        self.settle(id, token, "c", outcome, ttl).await
+    }
+
+    async fn fail(
+        &self,
+        id: &RecordKey,
+        token: Token,
+        outcome: Outcome,
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        self.settle(id, token, "f", outcome, ttl).await
+    }
+
+    async fn release(&self, id: &RecordKey, token: Token) -> StoreResult<()> {
+        let key = self.layout.record_key(id);
+        let mut inv = SCRIPTS.release.prepare_invoke();
+        inv.key(&key)
+            .arg(token)
+            .arg(self.now_arg())
+            .arg(self.guard())
+            .arg(self.layout.channel())
+            .arg(record_digest(id));
+        let items = array(self.eval(&inv, id).await?, id)?;
+        match int_at(&items, 0, id)? {
+            1 => Ok(()),
+            _ => Err(self.fenced(id, token, &items)),
+        }
+    }
+
+    async fn renew(&self, id: &RecordKey, token: Token, lease: Duration) -> StoreResult<Millis> {
+        let key = self.layout.record_key(id);
+        let mut inv = SCRIPTS.renew.prepare_invoke();
+        inv.key(&key)
+            .arg(token)
+            .arg(ms(lease))
+            .arg(self.now_arg())
+            .arg(self.guard());
+        let items = array(self.eval(&inv, id).await?, id)?;
+        match int_at(&items, 0, id)? {
+            1 => int_at(&items, 1, id),
+            _ => Err(self.fenced(id, token, &items)),
+        }
+    }
+
+    async fn get(&self, id: &RecordKey) -> StoreResult<Option<Record>> {
+        let key = self.layout.record_key(id);
+        self.get_by_key(key.as_bytes(), id).await
+    }
+
+    async fn list(&self, query: &ListQuery) -> StoreResult<Page> {
+        let limit = query.effective_limit();
+        let keys = self
+            .scan(&self.layout.match_pattern(query.scope.as_deref()))
+            .await?;
+        let now = self.now().await?;
+        let mut found: Vec<(RecordKey, Vec<u8>)> = self
+            .live_ids(&keys, now)
+            .await?
+            .into_iter()
+            .filter(|(id, _)| {
+                query.scope.as_ref().is_none_or(|s| &id.scope == s)
+                    && query
+                        .key_prefix
+                        .as_ref()
+                        .is_none_or(|p| id.key.starts_with(p.as_str()))
+                    && query.after.as_ref().is_none_or(|a| id > a)
+            })
+            .collect();
+        found.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let more = found.len() > limit;
+        found.truncate(limit);
+        let next = if more {
+            found.last().map(|(id, _)| id.clone())
+        } else {
+            None
+        };
+        let futs = found.iter().map(|(id, k)| self.get_by_key(k, id));
+        let records = futures_util::future::try_join_all(futs)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+        Ok(Page { records, next })
+    }
+
+    async fn purge(&self, id: &RecordKey) -> StoreResult<bool> {
+        let key = self.layout.record_key(id);
+        let mut inv = SCRIPTS.purge.prepare_invoke();
+        inv.key(&key)
+            .arg(self.now_arg())
+            .arg(self.guard())
+            .arg(self.layout.channel())
+            .arg(record_digest(id));
+        let v = self.eval(&inv, id).await?;
+        Ok(as_u64(&v) == Some(1))
+    }
+
+    /// Redis expires records natively: always 0.
+    async fn sweep(&self) -> StoreResult<u64> {
+        Ok(0)
+    }
+
+    async fn stats(&self) -> StoreResult<Stats> {
+        let keys = self.scan(&self.layout.match_pattern(None)).await?;
+        let now = self.now().await?;
+        let mut stats = Stats {
+            outcome_bytes: Some(0),
+            ..Stats::default()
+        };
+        let mut bytes = 0u64;
+        for chunk in keys.chunks(BATCH) {
+            let futs = chunk.iter().map(|k| async move {
+                let mut cmd = ::redis::cmd("HMGET");
+                cmd.arg(k).arg("state").arg("expires").arg("lease_until");
+                let fields: (Option<String>, Option<u64>, Option<u64>) = self.query(cmd).await?;
+                let mut len = ::redis::cmd("HSTRLEN");
+                len.arg(k).arg("outcome");
+                let len: u64 = self.query(len).await?;
+                Ok::<_, StoreError>((fields, len))
+            });
+            for ((state, expires, lease_until), len) in
+                futures_util::future::try_join_all(futs).await?
+            {
+                if !is_live(state.as_deref(), expires, now) {
+                    continue;
+                }
+                match state.as_deref() {
+                    Some("p") if lease_until.unwrap_or(0) <= now => stats.ambiguous += 1,
+                    Some("p") => stats.in_progress += 1,
+                    Some("c") => stats.completed += 1,
+                    Some("f") => stats.failed += 1,
+                    _ => {}
+                }
+                bytes += len;
+            }
+        }
+        stats.outcome_bytes = Some(bytes);
+        Ok(stats)
+    }
+
+    async fn wait(&self, id: &RecordKey, timeout: Duration) -> StoreResult<Option<Record>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let registration = self.notifier.register(&record_digest(id));
+        self.notifier
+            .ensure_started(self.pubsub_clients.clone(), self.layout.channel());
+        let mut fast = Duration::from_millis(2);
+        loop {
+            // Enabled before the read: a notification between the read and the sleep
+            // is not lost.
+            let notified = registration.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let rec = self.get(id).await?;
+            if !matches!(&rec, Some(r) if !r.state.is_settled()) {
+                return Ok(rec);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(rec);
+            }
+            let poll = if self.notifier.is_healthy() {
+                NOTIFIED_POLL
+            } else {
+                let d = fast;
+                fast = (fast * 2).min(Duration::from_millis(100));
+                d
+            };
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep(poll.min(deadline - now)) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_cluster_nodes() {
+        let text = "\
+07c3 127.0.0.1:30004@31004 slave e7d1 0 1426238317239 4 connected
+67ed 127.0.0.1:30002@31002,host2 master - 0 1426238316232 2 connected 5461-10922
+292f 127.0.0.1:30003@31003 master - 0 1426238318243 3 connected 10923-16383
+e7d1 127.0.0.1:30001@31001 myself,master - 0 0 1 connected 0-5460
+dead 127.0.0.1:30009@31009 master,fail - 0 0 1 disconnected
+";
+        let mut m = parse_cluster_masters(text);
+        m.sort();
+        assert_eq!(
+            m,
+            vec![
+                ("127.0.0.1".to_string(), 30001),
+                ("127.0.0.1".to_string(), 30002),
+                ("127.0.0.1".to_string(), 30003)
+            ]
+        );
+    }
+
+    #[test]
+    fn scripts_carry_the_prelude() {
+        for s in [&SCRIPTS.claim, &SCRIPTS.settle, &SCRIPTS.get] {
+            assert_eq!(s.get_hash().len(), 40);
+        }
+        assert_ne!(SCRIPTS.claim.get_hash(), SCRIPTS.get.get_hash());
+    }
+
+    #[test]
+    fn digest_is_the_tag() {
+        let l = Layout::new("p");
+        let id = RecordKey::new("s", "k");
+        let k = l.record_key(&id);
+        assert_eq!(
+            digest_of_key(k.as_bytes()),
+            Some(record_digest(&id).as_str())
+        );
+    }
+}
