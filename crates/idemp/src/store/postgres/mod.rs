@@ -1189,7 +1189,8 @@ impl Store for PostgresStore {
     async fn wait(&self, id: &RecordKey, timeout: Duration) -> StoreResult<Option<Record>> {
         check_id(id)?;
         self.ensure_listener();
-        let deadline = tokio::time::Instant::now() + timeout;
+        // A timeout too large to represent (e.g. `Duration::MAX`) means "no deadline".
+        let deadline = tokio::time::Instant::now().checked_add(timeout);
         let registration = self.core.waiters.register(id);
         let mut poll_delay = Duration::from_millis(2);
         let mut marked = false;
@@ -1199,25 +1200,35 @@ impl Store for PostgresStore {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let listening = self.core.waiters.is_up();
-            if listening && !marked {
-                // Ask the settling statement to NOTIFY. Ordered on the row lock with
-                // that statement: either it sees the mark, or the read below sees it
-                // settled.
-                self.core
-                    .query("wait", &self.core.sql.watch, &[&id.scope, &id.key], false)
-                    .await?;
-                marked = true;
-            }
-            let record = self.get(id).await?;
-            match &record {
-                Some(r) if !r.state.is_settled() => {}
-                _ => return Ok(record),
-            }
+            // One look at the record; a transient error (a killed connection, a
+            // restarting server) is retried until the deadline, then returned.
+            let look = async {
+                if listening && !marked {
+                    // Ask the settling statement to NOTIFY. Ordered on the row lock with
+                    // that statement: either it sees the mark, or the read below sees
+                    // the record settled. (Idempotent, so safe to repeat.)
+                    self.core
+                        .query("wait", &self.core.sql.watch, &[&id.scope, &id.key], false)
+                        .await?;
+                    marked = true;
+                }
+                self.get(id).await
+            };
+            let failure = match look.await {
+                Ok(record) => match &record {
+                    Some(r) if !r.state.is_settled() => Ok(record),
+                    _ => return Ok(record),
+                },
+                Err(e) if e.is_transient() => Err(e),
+                Err(e) => return Err(e),
+            };
             let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return Ok(record);
-            }
-            let slice = if listening {
+            let left = match deadline {
+                Some(d) if now >= d => return failure,
+                Some(d) => d - now,
+                None => Duration::MAX,
+            };
+            let slice = if listening && failure.is_ok() {
                 self.core.opts.wait_recheck
             } else {
                 let d = poll_delay;
@@ -1226,7 +1237,7 @@ impl Store for PostgresStore {
             };
             tokio::select! {
                 _ = &mut notified => {}
-                _ = tokio::time::sleep(slice.min(deadline - now)) => {}
+                _ = tokio::time::sleep(slice.min(left)) => {}
             }
         }
     }
