@@ -18,7 +18,9 @@
 //!   later) so a re-claim also draws its token under the row lock. Tokens therefore
 //!   strictly increase per key. `complete`/`fail`/`release`/`renew` are
 //!   `UPDATE … WHERE token = $t AND state = in_progress`, and report the current token
-//!   in the same statement when they are fenced.
+//!   in the same statement when they are fenced (re-read by a second statement only
+//!   when a takeover committed during the first, so a fenced owner never sees its own
+//!   token as the current one).
 //! * **Time** is the server's `clock_timestamp()`, so worker clock offsets don't matter
 //!   ([`PostgresOptions::clock`] overrides it, for tests).
 //! * **Expiry**: expired rows are invisible at once; a background sweeper deletes them
@@ -26,7 +28,8 @@
 //! * **`wait`**: a waiter marks the row `watched`, and settling a watched row sends a
 //!   `NOTIFY` from the same statement. One LISTEN connection per store fans
 //!   notifications out to in-process waiters; they re-check every
-//!   [`PostgresOptions::wait_recheck`], and poll while the listener is down. (Postgres
+//!   [`PostgresOptions::wait_recheck`], poll while the listener is down, and ride out
+//!   transient errors until their deadline. (Postgres
 //!   serialises the commits of notifying transactions on a database-wide lock, which
 //!   would cap throughput at one commit per WAL flush, hence the flag.)
 //! * **Exactly once for database effects**: [`PostgresStore::complete_in`] settles the
