@@ -255,19 +255,20 @@ FROM __SCHEMA__.records r, now
 WHERE r.state < 3 AND r.expires_at > now.ms
 "#;
 
-/// Sweep one batch: `$1` now, `$2` batch size. Rows locked by a concurrent claim are
-/// skipped (that claim is replacing them anyway).
+/// Sweep one range of the table's pages: `$1` now, `$2` first page, `$3` page after
+/// the last. A TID range scan: each statement reads a bounded slice of the table, and a
+/// full pass reads it once, without an index that every write would have to maintain.
 const SWEEP: &str = r#"
-WITH __NOW__,
-victims AS (
-  SELECT r.scope, r.key FROM __SCHEMA__.records r, now
-  WHERE r.expires_at <= now.ms
-  ORDER BY r.expires_at
-  LIMIT $2::bigint
-  FOR UPDATE OF r SKIP LOCKED
-)
-DELETE FROM __SCHEMA__.records d USING victims v, now
-WHERE d.scope = v.scope AND d.key = v.key AND d.expires_at <= now.ms
+WITH __NOW__
+DELETE FROM __SCHEMA__.records d USING now
+WHERE d.ctid >= format('(%s,0)', $2::bigint)::tid
+  AND d.ctid < format('(%s,0)', $3::bigint)::tid
+  AND d.expires_at <= now.ms
+"#;
+
+/// The table's size in pages (`$1` unused, keeps every statement's `$1` the clock).
+const PAGES: &str = r#"
+SELECT pg_relation_size('__SCHEMA__.records') / current_setting('block_size')::bigint
 "#;
 
 /// The statements of one store, with its schema and channel filled in.
@@ -284,6 +285,7 @@ pub(super) struct Sql {
     pub list: String,
     pub stats: String,
     pub sweep: String,
+    pub pages: String,
 }
 
 impl Sql {
@@ -311,12 +313,16 @@ impl Sql {
             list: fill(LIST),
             stats: fill(STATS),
             sweep: fill(SWEEP),
+            pages: fill(PAGES),
         }
     }
 }
 
 /// The migrations, in order; migration `i` brings the schema to version `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[include_str!("migrations/001_init.sql")];
+pub(super) const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/001_init.sql"),
+    include_str!("migrations/002_sweep_without_index.sql"),
+];
 
 #[cfg(test)]
 mod tests {
@@ -337,6 +343,7 @@ mod tests {
             &sql.list,
             &sql.stats,
             &sql.sweep,
+            &sql.pages,
         ] {
             assert!(!text.contains("__"), "{text}");
         }
