@@ -105,7 +105,13 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    let report = runtime.block_on(storm(agents as usize, requests as usize, args.seed))?;
+    let report = runtime.block_on(async {
+        tokio::select! {
+            report = storm(agents as usize, requests as usize, args.seed) => report,
+            // Dropping the storm removes its temporary store.
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        }
+    })?;
     // The agents' connections and the servers' tasks end with the runtime.
     runtime.shutdown_timeout(Duration::from_secs(1));
 

@@ -247,8 +247,8 @@ impl DemoReport {
         row(
             &mut out,
             "tokens billed twice",
-            a.duplicate_tokens.to_string(),
-            b.duplicate_tokens.to_string(),
+            grouped(a.duplicate_tokens),
+            grouped(b.duplicate_tokens),
         );
         row(
             &mut out,
@@ -262,6 +262,12 @@ impl DemoReport {
             format!("{:.0} / {:.0} ms", a.latency_p50_ms, a.latency_p99_ms),
             format!("{:.0} / {:.0} ms", b.latency_p50_ms, b.latency_p99_ms),
         );
+        row(
+            &mut out,
+            "wall time",
+            format!("{:.1} s", a.elapsed_ms as f64 / 1000.0),
+            format!("{:.1} s", b.elapsed_ms as f64 / 1000.0),
+        );
         let _ = writeln!(out);
         let _ = writeln!(
             out,
@@ -269,7 +275,7 @@ impl DemoReport {
             a.double_charges,
             b.double_charges,
             dollars(b.overcharged_cents),
-            b.duplicate_tokens
+            grouped(b.duplicate_tokens)
         );
         match a.problem() {
             None => {
@@ -301,15 +307,20 @@ fn millis(d: Duration) -> f64 {
 
 /// `$1,234.56`.
 fn dollars(cents: u64) -> String {
-    let whole = (cents / 100).to_string();
-    let mut grouped = String::new();
-    for (i, ch) in whole.chars().enumerate() {
-        if i > 0 && (whole.len() - i).is_multiple_of(3) {
-            grouped.push(',');
+    format!("${}.{:02}", grouped(cents / 100), cents % 100)
+}
+
+/// `40,959`.
+fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
         }
-        grouped.push(ch);
+        out.push(ch);
     }
-    format!("${grouped}.{:02}", cents % 100)
+    out
 }
 
 #[cfg(test)]
@@ -322,6 +333,69 @@ mod tests {
         assert_eq!(dollars(5), "$0.05");
         assert_eq!(dollars(123_456), "$1,234.56");
         assert_eq!(dollars(100_000_000), "$1,000,000.00");
+    }
+
+    fn clean_run() -> ModeReport {
+        ModeReport {
+            mode: "idemp",
+            logical_requests: 10,
+            completions: 7,
+            charges: 3,
+            attempts: 14,
+            retries: 4,
+            upstream_executions: 10,
+            duplicate_executions: 0,
+            duplicates_prevented: 3,
+            double_charges: 0,
+            overcharged_cents: 0,
+            duplicate_tokens: 0,
+            refused_by_upstream: 1,
+            responses_lost: 3,
+            answered: 10,
+            failed: 0,
+            wrong_results: 0,
+            latency_p50_ms: 1.0,
+            latency_p99_ms: 2.0,
+            elapsed_ms: 3,
+            first_error: None,
+        }
+    }
+
+    #[test]
+    fn a_run_is_clean_only_when_exactly_once_and_all_answered() {
+        assert_eq!(clean_run().problem(), None);
+        let dup = ModeReport {
+            upstream_executions: 11,
+            duplicate_executions: 1,
+            double_charges: 1,
+            ..clean_run()
+        };
+        assert!(dup.problem().unwrap().contains("1 double charges"));
+        let missing = ModeReport {
+            upstream_executions: 9,
+            ..clean_run()
+        };
+        assert!(missing.problem().unwrap().contains("9 executions for 10"));
+        let unanswered = ModeReport {
+            answered: 9,
+            failed: 1,
+            first_error: Some("HTTP 503".into()),
+            ..clean_run()
+        };
+        assert!(unanswered.problem().unwrap().contains("HTTP 503"));
+        let wrong = ModeReport {
+            wrong_results: 2,
+            ..clean_run()
+        };
+        assert!(wrong.problem().unwrap().contains("2 calls got a result"));
+    }
+
+    #[test]
+    fn numbers_are_grouped() {
+        assert_eq!(grouped(0), "0");
+        assert_eq!(grouped(999), "999");
+        assert_eq!(grouped(40_959), "40,959");
+        assert_eq!(grouped(1_234_567), "1,234,567");
     }
 
     #[test]
