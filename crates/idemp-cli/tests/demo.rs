@@ -133,11 +133,27 @@ fn the_table_ends_with_the_verdict_and_stderr_stays_quiet_off_a_terminal() {
 }
 
 #[test]
+fn another_store_can_be_smoke_tested() {
+    let out = demo(&["--quick", "--json", "--store", "memory:", "--seed", SEED]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["store"], "memory:");
+    assert_eq!(report["ok"], true);
+    assert_eq!(n(&report["idemp"], "upstream_executions"), 8 * 12);
+    assert_eq!(n(&report["idemp"], "duplicate_executions"), 0);
+}
+
+#[test]
 fn bad_arguments_are_refused() {
     for args in [
         &["--agents", "0"][..],
         &["--requests", "0"],
         &["--seed", "minus-one"],
+        &["--quick", "--store", "bogus://x"],
     ] {
         let out = demo(args);
         assert!(!out.status.success(), "{args:?} was accepted");

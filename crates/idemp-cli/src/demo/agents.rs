@@ -110,9 +110,11 @@ pub fn policy() -> RetryPolicy {
 
 /// Runs every agent's calls (the agents concurrently, each agent's calls in order)
 /// against `base` (`http://HOST:PORT`), ticking `progress` once per logical call.
+/// Idempotency keys are scoped to `run_id` and the agent.
 pub async fn run(
     mode: Mode,
     base: String,
+    run_id: &str,
     workload: Vec<Vec<Call>>,
     progress: ProgressBar,
 ) -> anyhow::Result<Vec<Outcome>> {
@@ -126,8 +128,9 @@ pub async fn run(
         let http = http.clone();
         let base = base.clone();
         let progress = progress.clone();
+        let scope = format!("demo-{run_id}-agent-{agent:03}");
         set.spawn(async move {
-            let agent = Agent::new(mode, http, agent);
+            let agent = Agent::new(mode, http, &scope);
             let mut out = Vec::with_capacity(calls.len());
             for call in calls {
                 let start = Instant::now();
@@ -158,13 +161,13 @@ enum Agent {
 }
 
 impl Agent {
-    fn new(mode: Mode, http: reqwest::Client, agent: usize) -> Self {
+    fn new(mode: Mode, http: reqwest::Client, scope: &str) -> Self {
         match mode {
             Mode::Idemp => Agent::Idemp(
                 IdempotentClient::builder(http)
                     .provider(Provider::Anthropic)
                     .policy(policy())
-                    .scope(format!("demo-agent-{agent:03}"))
+                    .scope(scope)
                     .build(),
             ),
             Mode::Direct => Agent::Direct {

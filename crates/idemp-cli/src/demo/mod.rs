@@ -59,6 +59,11 @@ pub struct DemoArgs {
     /// Print the results as one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// The proxy's store (memory:, sqlite://PATH, redis://…, postgres://…), to smoke-test
+    /// one [default: a temporary SQLite file]. Keys are scoped to the run; records
+    /// expire after 10 minutes.
+    #[arg(long)]
+    pub store: Option<String>,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -107,7 +112,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         .context("cannot start the tokio runtime")?;
     let report = runtime.block_on(async {
         tokio::select! {
-            report = storm(agents as usize, requests as usize, args.seed) => report,
+            report = storm(agents as usize, requests as usize, args.seed, args.store) => report,
             // Dropping the storm removes its temporary store.
             _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
         }
@@ -126,13 +131,35 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn storm(agents: usize, requests: usize, seed: u64) -> anyhow::Result<DemoReport> {
+async fn storm(
+    agents: usize,
+    requests: usize,
+    seed: u64,
+    store: Option<String>,
+) -> anyhow::Result<DemoReport> {
     let faults = Faults::new(seed);
     let dir = tempfile::Builder::new()
         .prefix("idemp-demo-")
         .tempdir()
         .context("cannot create a temporary directory for the demo's store")?;
-    let store = format!("sqlite://{}", dir.path().join("demo.db").display());
+    let (store, store_name) = match store {
+        Some(url) => {
+            let name = idemp::store::url::mask_password(&url);
+            (url, name)
+        }
+        None => (
+            format!("sqlite://{}", dir.path().join("demo.db").display()),
+            "sqlite (temporary file)".to_owned(),
+        ),
+    };
+    // Keys are derived from the content, so a second run on a persistent store would
+    // replay the first run's answers: scope this run's keys to it.
+    let run_id = idemp::Key::random()
+        .as_str()
+        .chars()
+        .rev()
+        .take(8)
+        .collect::<String>();
     let visible = std::io::stderr().is_terminal();
     let total = (agents * requests) as u64;
 
@@ -140,7 +167,7 @@ async fn storm(agents: usize, requests: usize, seed: u64) -> anyhow::Result<Demo
     for mode in [Mode::Idemp, Mode::Direct] {
         let bar = progress_bar(total, mode, visible);
         let work = agents::workload(agents, requests);
-        let report = run_mode(mode, faults, work, &store, bar.clone()).await?;
+        let report = run_mode(mode, faults, work, &store, &run_id, bar.clone()).await?;
         bar.finish();
         modes.push(report);
     }
@@ -150,7 +177,7 @@ async fn storm(agents: usize, requests: usize, seed: u64) -> anyhow::Result<Demo
         seed,
         agents,
         requests_per_agent: requests,
-        store: "sqlite (temporary file)".into(),
+        store: store_name,
         ok: idemp.problem().is_none(),
         idemp,
         direct,
@@ -162,6 +189,7 @@ async fn run_mode(
     faults: Faults,
     work: Vec<Vec<agents::Call>>,
     store: &str,
+    run_id: &str,
     bar: ProgressBar,
 ) -> anyhow::Result<ModeReport> {
     let api = FakeApi::start(faults)
@@ -178,7 +206,8 @@ async fn run_mode(
 
     let calls: Vec<agents::Call> = work.iter().flatten().cloned().collect();
     let started = Instant::now();
-    let outcomes = agents::run(mode, format!("http://{}", net.addr), work, bar).await?;
+    let base = format!("http://{}", net.addr);
+    let outcomes = agents::run(mode, base, run_id, work, bar).await?;
     let elapsed = started.elapsed();
     if let Some(proxy) = proxy {
         proxy.shutdown().await?;
@@ -201,6 +230,7 @@ async fn start_proxy(upstream: SocketAddr, store: &str) -> anyhow::Result<serve:
     config.admin = Some(loopback);
     config.store = store.to_owned();
     config.shutdown_timeout = Duration::from_secs(5);
+    config.ttl = Duration::from_secs(600);
     serve::start(config)
         .await
         .context("cannot start the idemp proxy")
