@@ -185,7 +185,7 @@ impl DemoReport {
         );
         let _ = writeln!(
             out,
-            "AFTER the API executed (reset, 502, 503). Agents retry up to 10 times.\n"
+            "AFTER the API executed (reset, 502, 503). Agents make up to 10 attempts per call.\n"
         );
         let row = |out: &mut String, label: &str, x: String, y: String| {
             let _ = writeln!(out, "{label:<24}{x:>16}{y:>28}");
