@@ -121,11 +121,19 @@ async fn request(
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Error> {
+/// Runs the storm in a schema of its own and drops it; `Ok(true)` when every key moved
+/// the balance exactly once.
+pub async fn example() -> Result<bool, Error> {
     let url = std::env::var("IDEMP_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let schema = format!("idemp_example_{}", std::process::id());
+    let schema = format!(
+        "idemp_example_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+    );
     let store = PostgresStore::connect_with(
         &url,
         PostgresOptions::default().schema(&schema).pool_size(16),
@@ -137,8 +145,12 @@ async fn main() -> Result<(), Error> {
     admin
         .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
         .await?;
-    let ok = result?;
-    if !ok {
+    result
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    if !example().await? {
         std::process::exit(1);
     }
     Ok(())
