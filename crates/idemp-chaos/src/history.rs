@@ -159,7 +159,12 @@ pub fn read_effects(path: &Path) -> anyhow::Result<Vec<Effect>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
-    Ok(text.lines().filter_map(Effect::parse).collect())
+    // Only whole lines: an effect counts once its line (with the newline) is written.
+    let whole = match text.rfind('\n') {
+        Some(end) => &text[..end],
+        None => "",
+    };
+    Ok(whole.lines().filter_map(Effect::parse).collect())
 }
 
 /// Reads every history file in `dir` (`*.jsonl`). Torn lines are skipped.

@@ -316,6 +316,7 @@ fn run_scenario(
     let mut paused: Vec<(usize, Instant)> = Vec::new();
     let start = Instant::now();
     let mut last_server_fault = Instant::now();
+    let mut injected = 0u32;
     // Give the workers a moment to start before the first fault.
     std::thread::sleep(Duration::from_millis(300));
     while start.elapsed() < cfg.duration {
@@ -330,7 +331,16 @@ fn run_scenario(
             }
         });
         let server_fault_due = last_server_fault.elapsed() > Duration::from_millis(1500);
-        let roll = sc.rng.random_range(0..100);
+        // The first three faults are one of each kind (kill -9, pause, server fault),
+        // so every scenario injects every kind it supports; then they are random.
+        let roll = match injected {
+            0 => 50,
+            1 => 99,
+            2 if kind != StoreKind::Sqlite => 0,
+            _ => sc.rng.random_range(0..100),
+        };
+        injected += 1;
+        let server_fault_due = server_fault_due || injected == 3;
         if server_fault_due && kind != StoreKind::Sqlite && roll < 30 {
             last_server_fault = Instant::now();
             match kind {
