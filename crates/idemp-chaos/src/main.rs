@@ -89,6 +89,10 @@ struct RunArgs {
     /// Seconds per scenario (overrides the mode).
     #[arg(long)]
     seconds: Option<u64>,
+    /// Negative control of the checker: workers also run the effect of keys held by
+    /// a live owner (a broken guard). The run must then report violations.
+    #[arg(long, hide = true)]
+    sabotage: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -135,6 +139,8 @@ struct WorkerArgs {
     work_ms: u64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    #[arg(long)]
+    sabotage: bool,
 }
 
 fn main() -> ExitCode {
@@ -177,6 +183,7 @@ fn worker_main(a: WorkerArgs) -> ExitCode {
         tasks: a.tasks,
         work_ms: a.work_ms,
         seed: a.seed,
+        sabotage: a.sabotage,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -221,6 +228,7 @@ fn run(a: RunArgs) -> ExitCode {
         gen_ms: 250,
         lease: Duration::from_millis(400),
         seed,
+        sabotage: a.sabotage,
         postgres_url: std::env::var("IDEMP_TEST_POSTGRES_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
     };

@@ -59,6 +59,8 @@ pub struct RunConfig {
     pub lease: Duration,
     /// Seed of the fault schedule.
     pub seed: u64,
+    /// Negative control: workers run effects of keys held by a live owner.
+    pub sabotage: bool,
     /// Postgres URL (the machine's server).
     pub postgres_url: String,
 }
@@ -227,6 +229,9 @@ impl Scenario<'_> {
             StoreSpec::Postgres { url, schema, app } => {
                 cmd.args(["--postgres", url, "--schema", schema, "--app", app]);
             }
+        }
+        if self.cfg.sabotage {
+            cmd.arg("--sabotage");
         }
         cmd.stdout(Stdio::null())
             .stderr(Stdio::inherit())

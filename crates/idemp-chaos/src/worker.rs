@@ -90,6 +90,8 @@ pub struct WorkerConfig {
     pub work_ms: u64,
     /// Seed.
     pub seed: u64,
+    /// Negative control: also run the effect when the key is held by a live owner.
+    pub sabotage: bool,
 }
 
 /// Opens the store of `spec` (with `clock` for SQLite).
@@ -302,6 +304,23 @@ async fn one(ctx: &Ctx, rng: &mut StdRng) {
             // A caller that got its answer comes back a little later.
             let pause = rng.random_range(5..=25);
             tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+        Ok(Begin::InProgress { record, .. }) if cfg.sabotage => {
+            // Negative control: behave like a broken guard that lets a second caller
+            // run while the owner is live. The checker must flag the duplicate.
+            let effect = Effect {
+                key: key.clone(),
+                token: record.token,
+                worker: worker.clone(),
+            };
+            if let Ok(true) = run_effect(cfg, &effect, LeaseSignal::new(), Instant::now()).await {
+                ctx.log(&Event::Claim {
+                    worker,
+                    key,
+                    token: record.token,
+                    takeover: None,
+                });
+            }
         }
         Ok(Begin::InProgress { retry_after, .. }) => {
             let wait = retry_after.min(Duration::from_millis(50));

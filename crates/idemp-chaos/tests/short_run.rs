@@ -64,3 +64,48 @@ fn short_chaos_run_passes_the_checker_with_faults_injected() {
         assert!(count(r, &["faults", "pause"]) > 0, "{label}: no SIGSTOP");
     }
 }
+
+/// Negative control: with workers that also run the effect of keys held by a live
+/// owner (a broken guard), the same pipeline must report duplicate effects and exit 1.
+#[test]
+fn a_broken_guard_is_caught_by_the_checker() {
+    let out = Command::new(env!("CARGO_BIN_EXE_idemp-chaos"))
+        .args([
+            "run",
+            "--store",
+            "sqlite",
+            "--seconds",
+            "2",
+            "--seed",
+            "7",
+            "--json",
+            "--sabotage",
+        ])
+        .output()
+        .expect("spawn idemp-chaos");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let summary: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("bad JSON summary ({e}):\n{stderr}"));
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(count(&summary, &["violations"]) > 0);
+    let rules: Vec<&str> = summary["reports"]
+        .as_array()
+        .expect("reports")
+        .iter()
+        .flat_map(|r| {
+            r["checked"]["violations"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|v| v["rule"].as_str().map(str::to_owned))
+        .map(|s| {
+            if s == "duplicate_effect" {
+                "duplicate_effect"
+            } else {
+                "other"
+            }
+        })
+        .collect();
+    assert!(rules.contains(&"duplicate_effect"), "{rules:?}\n{stderr}");
+}
