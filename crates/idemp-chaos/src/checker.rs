@@ -12,6 +12,9 @@
 //! 4. **Fenced owners change nothing**: a token that was fenced is never the token of
 //!    the key's final completed record.
 //! 5. **No phantom result**: every result names an effect that is in the effects log.
+//! 6. **A completion is final**: once token `t`'s completion of a key was
+//!    acknowledged, no claim of that key acquires a token above `t` (a stalled owner
+//!    whose key was taken over must have been fenced, not acknowledged).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -78,6 +81,16 @@ pub enum Violation {
         /// The fenced token.
         token: Token,
     },
+    /// Rule 6: `token` acquired the key after `completed`'s completion was
+    /// acknowledged.
+    ClaimAfterCompletion {
+        /// The key.
+        key: String,
+        /// The acknowledged completing token.
+        completed: Token,
+        /// The later claim's token.
+        token: Token,
+    },
     /// Rule 5: a result names no logged effect.
     PhantomResult {
         /// The key.
@@ -104,6 +117,14 @@ impl fmt::Display for Violation {
             Violation::FencedOwnerWon { key, token } => write!(
                 f,
                 "{key}: fenced token {token} is the final record's completing token"
+            ),
+            Violation::ClaimAfterCompletion {
+                key,
+                completed,
+                token,
+            } => write!(
+                f,
+                "{key}: token {token} acquired the key after token {completed}'s completion was acknowledged"
             ),
             Violation::PhantomResult { key, value } => {
                 write!(f, "{key}: result {value:?} names no logged effect")
@@ -257,6 +278,26 @@ pub fn check(policy: Policy, events: &[Event], effects: &[Effect], finals: &Fina
             });
         }
     }
+    // Rule 6.
+    let mut acked: BTreeMap<&str, Token> = BTreeMap::new();
+    for ev in events {
+        if let Event::Ok { key, token, .. } = ev {
+            let t = acked.entry(key).or_insert(*token);
+            *t = (*t).min(*token);
+        }
+    }
+    for ev in events {
+        if let Event::Claim { key, token, .. } = ev
+            && let Some(&completed) = acked.get(key.as_str())
+            && *token > completed
+        {
+            out.violations.push(Violation::ClaimAfterCompletion {
+                key: key.clone(),
+                completed,
+                token: *token,
+            });
+        }
+    }
     out.keys = keys.len();
     out
 }
@@ -389,10 +430,19 @@ mod tests {
         let effects = vec![effect("w1", "k", 1), effect("w2", "k", 2)];
         let f = finals(&[("k", completed("w1", 1))]);
         let c = check(Policy::Retake, &events, &effects, &f);
-        assert!(matches!(
-            c.violations.as_slice(),
-            [Violation::DuplicateEffect { token: 2, .. }]
-        ));
+        assert!(
+            c.violations
+                .iter()
+                .any(|v| matches!(v, Violation::DuplicateEffect { token: 2, .. })),
+            "{:?}",
+            c.violations
+        );
+        // The claim itself was illegal too: the key was completed.
+        assert!(
+            c.violations
+                .iter()
+                .any(|v| matches!(v, Violation::ClaimAfterCompletion { token: 2, .. }))
+        );
     }
 
     #[test]
@@ -454,6 +504,30 @@ mod tests {
                 key: "k".into(),
                 token: 1
             }]
+        );
+    }
+
+    #[test]
+    fn an_acknowledged_stalled_owner_fails() {
+        // w1 stalled past its lease, w2 took over and ran; w1's late completion must
+        // have been fenced, yet it was acknowledged.
+        let events = vec![
+            claim("w1", "k", 1, None),
+            claim("w2", "k", 2, Some(1)),
+            ok("w2", "k", 2),
+            ok("w1", "k", 1),
+        ];
+        let effects = vec![effect("w1", "k", 1), effect("w2", "k", 2)];
+        let f = finals(&[("k", completed("w2", 2))]);
+        let c = check(Policy::Retake, &events, &effects, &f);
+        assert!(
+            c.violations.contains(&Violation::ClaimAfterCompletion {
+                key: "k".into(),
+                completed: 1,
+                token: 2
+            }),
+            "{:?}",
+            c.violations
         );
     }
 
