@@ -108,6 +108,31 @@ fn signal(child: &Child, sig: libc::c_int) {
     }
 }
 
+/// The worker processes of a scenario, all killed when dropped (also on errors).
+struct Workers(Vec<Child>);
+
+impl std::ops::Index<usize> for Workers {
+    type Output = Child;
+    fn index(&self, i: usize) -> &Child {
+        &self.0[i]
+    }
+}
+
+impl Workers {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for w in &mut self.0 {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+    }
+}
+
 /// A private redis-server with AOF `appendfsync always`, restartable.
 struct PrivateRedis {
     port: u16,
@@ -295,6 +320,44 @@ fn run_scenario(
     } else {
         None
     };
+    let result = scenario_body(
+        cfg,
+        kind,
+        policy,
+        seed,
+        rt,
+        &dir,
+        &unique,
+        spec,
+        redis,
+        pg_client.as_ref(),
+    );
+    if let Some(c) = &pg_client {
+        let dropped = rt.block_on(async {
+            c.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{unique}\" CASCADE"))
+                .await
+        });
+        if let Err(e) = dropped {
+            eprintln!("idemp-chaos: could not drop schema {unique}: {e}");
+        }
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn scenario_body(
+    cfg: &RunConfig,
+    kind: StoreKind,
+    policy: Policy,
+    seed: u64,
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    unique: &str,
+    spec: StoreSpec,
+    mut redis: Option<PrivateRedis>,
+    pg_client: Option<&tokio_postgres::Client>,
+) -> anyhow::Result<ScenarioReport> {
+    let dir = dir.to_owned();
     rt.block_on(async {
         let store = open_store(&spec, Arc::new(OffsetClock(0))).await?;
         drop(store);
@@ -312,9 +375,9 @@ fn run_scenario(
         epoch_ms: now_ms(),
         offsets: Vec::new(),
     };
-    let mut workers: Vec<Child> = Vec::new();
+    let mut workers = Workers(Vec::new());
     for _ in 0..cfg.workers {
-        workers.push(sc.spawn_worker()?);
+        workers.0.push(sc.spawn_worker()?);
     }
     let mut faults: BTreeMap<Fault, u64> = BTreeMap::new();
     // (worker index, resume at)
@@ -356,8 +419,8 @@ fn run_scenario(
                     }
                 }
                 StoreKind::Postgres => {
-                    if let Some(c) = &pg_client {
-                        let n = rt.block_on(pg_terminate(c, &unique))?;
+                    if let Some(c) = pg_client {
+                        let n = rt.block_on(pg_terminate(c, unique))?;
                         if n > 0 {
                             *faults.entry(Fault::PgTerminate).or_default() += 1;
                         }
@@ -370,10 +433,10 @@ fn run_scenario(
             if paused.iter().any(|&(p, _)| p == i) {
                 continue;
             }
-            let _ = workers[i].kill();
-            let _ = workers[i].wait();
+            let _ = workers.0[i].kill();
+            let _ = workers.0[i].wait();
             *faults.entry(Fault::Kill9).or_default() += 1;
-            workers[i] = sc.spawn_worker()?;
+            workers.0[i] = sc.spawn_worker()?;
         } else if paused.len() + 1 < workers.len() {
             let i = sc.rng.random_range(0..workers.len());
             if paused.iter().any(|&(p, _)| p == i) {
@@ -391,10 +454,7 @@ fn run_scenario(
         signal(&workers[i], libc::SIGCONT);
     }
     std::thread::sleep(cfg.lease * 3 / 2);
-    for w in &mut workers {
-        let _ = w.kill();
-        let _ = w.wait();
-    }
+    drop(workers);
     if let Some(r) = &redis {
         r.wait_up()?;
     }
@@ -413,12 +473,6 @@ fn run_scenario(
     keys.sort();
     keys.dedup();
     let finals = rt.block_on(read_finals(&spec, &keys))?;
-    if let Some(c) = &pg_client {
-        rt.block_on(async {
-            c.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{unique}\" CASCADE"))
-                .await
-        })?;
-    }
     drop(redis);
     let checked = check(policy, &events, &effects, &finals);
     Ok(ScenarioReport {
