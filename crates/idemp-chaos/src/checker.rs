@@ -15,6 +15,8 @@
 //! 6. **A completion is final**: once token `t`'s completion of a key was
 //!    acknowledged, no claim of that key acquires a token above `t` (a stalled owner
 //!    whose key was taken over must have been fenced, not acknowledged).
+//! 7. **Only owners run effects**: every effect was run by a worker that had claimed
+//!    the key with that token.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -91,6 +93,15 @@ pub enum Violation {
         /// The later claim's token.
         token: Token,
     },
+    /// Rule 7: an effect by a worker that never acquired the key with its token.
+    EffectWithoutClaim {
+        /// The key.
+        key: String,
+        /// The effect's token.
+        token: Token,
+        /// The worker.
+        worker: String,
+    },
     /// Rule 5: a result names no logged effect.
     PhantomResult {
         /// The key.
@@ -125,6 +136,10 @@ impl fmt::Display for Violation {
             } => write!(
                 f,
                 "{key}: token {token} acquired the key after token {completed}'s completion was acknowledged"
+            ),
+            Violation::EffectWithoutClaim { key, token, worker } => write!(
+                f,
+                "{key}: {worker} ran the effect with token {token} without having claimed it"
             ),
             Violation::PhantomResult { key, value } => {
                 write!(f, "{key}: result {value:?} names no logged effect")
@@ -278,6 +293,26 @@ pub fn check(policy: Policy, events: &[Event], effects: &[Effect], finals: &Fina
             });
         }
     }
+    // Rule 7.
+    let claimed: BTreeSet<(&str, Token, &str)> = events
+        .iter()
+        .filter_map(|ev| match ev {
+            Event::Claim {
+                worker, key, token, ..
+            } => Some((key.as_str(), *token, worker.as_str())),
+            _ => None,
+        })
+        .collect();
+    for e in effects {
+        if !claimed.contains(&(e.key.as_str(), e.token, e.worker.as_str())) {
+            out.violations.push(Violation::EffectWithoutClaim {
+                key: e.key.clone(),
+                token: e.token,
+                worker: e.worker.clone(),
+            });
+        }
+    }
+
     // Rule 6.
     let mut acked: BTreeMap<&str, Token> = BTreeMap::new();
     for ev in events {
@@ -525,6 +560,23 @@ mod tests {
                 key: "k".into(),
                 completed: 1,
                 token: 2
+            }),
+            "{:?}",
+            c.violations
+        );
+    }
+
+    #[test]
+    fn an_effect_by_a_non_owner_fails() {
+        let events = vec![claim("w1", "k", 1, None), ok("w1", "k", 1)];
+        let effects = vec![effect("w1", "k", 1), effect("w2", "k", 1)];
+        let f = finals(&[("k", completed("w1", 1))]);
+        let c = check(Policy::Retake, &events, &effects, &f);
+        assert!(
+            c.violations.contains(&Violation::EffectWithoutClaim {
+                key: "k".into(),
+                token: 1,
+                worker: "w2".into()
             }),
             "{:?}",
             c.violations
