@@ -2,7 +2,7 @@
 """Time agentidemp-py 0.1.0 `sha256_hex` at the sizes of crates/idemp/benches/keys.rs.
 
     python3 -m venv /tmp/venv-keys && /tmp/venv-keys/bin/pip install agentidemp-py==0.1.0
-    /tmp/venv-keys/bin/python bench/python/keys_bench.py [--seconds 1.0]
+    /tmp/venv-keys/bin/python bench/python/keys_bench.py [--seconds 1.0] [--filter agentidemp-py/64]
 
 Prints one line per case: ns/call (best of 5 repeats) and GB/s (10^9 bytes/s), the
 units criterion reports, so the ratio against `sha256_hex/idemp/<size>` is direct.
@@ -39,6 +39,7 @@ def measure(fn, arg, seconds: float) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=1.0, help="time budget per case")
+    ap.add_argument("--filter", default="", help="only cases whose name contains this")
     args = ap.parse_args()
     print(f"agentidemp-py {agentidemp.__version__}, Python {sys.version.split()[0]}, {ssl.OPENSSL_VERSION}")
     print(f"{'case':44} {'ns/call':>12} {'GB/s':>8}")
@@ -62,6 +63,8 @@ def main() -> int:
     # idemp's for_args, reproduced with agentidemp-py (see idemp::key::for_args).
     cases.append(("derive/for_args/email", lambda a: agentidemp.scoped_key("agent-7", "send_email", json.dumps(a, sort_keys=True, separators=(",", ":"), ensure_ascii=True)), email, 0))
     for name, fn, arg, n in cases:
+        if args.filter not in name:
+            continue
         ns = measure(fn, arg, args.seconds)
         gbps = f"{n / ns:8.3f}" if n else f"{'-':>8}"
         print(f"{name:44} {ns:12.1f} {gbps}")

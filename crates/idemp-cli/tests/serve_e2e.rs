@@ -81,21 +81,34 @@ async fn storm_sqlite_store_executes_each_key_once() {
 async fn storm_redis_store_executes_each_key_once() {
     let prefix = format!("idemp_http_{}", unique());
     let url = format!("{}?prefix={prefix}", redis_url());
-    let store = idemp::store::open(&url).await.unwrap_or_else(|e| {
-        panic!("cannot reach Redis at {url}: {e}; start it with scripts/services.sh")
-    });
+    let store = idemp::store::redis::RedisStore::connect(&url)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("cannot reach Redis at {url}: {e}; start it with scripts/services.sh")
+        });
     storm(&url).await;
-    // Clean up what this run stored.
-    let page = store
-        .list(&idemp::store::ListQuery {
-            limit: 1000,
-            ..Default::default()
-        })
+    // Remove this run's records and tombstones (only under its own prefix).
+    store.clear().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn storm_postgres_store_executes_each_key_once() {
+    let schema = format!("idemp_http_{}", unique());
+    let base = postgres_url();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}schema={schema}");
+    let store = idemp::store::postgres::PostgresStore::connect(&url)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("cannot reach PostgreSQL at {base}: {e}; start it with scripts/services.sh")
+        });
+    storm(&url).await;
+    // Drop this run's schema.
+    let client = store.pool().get().await.unwrap();
+    client
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
         .await
         .unwrap();
-    for r in page.records {
-        store.purge(&r.id).await.unwrap();
-    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -341,10 +354,10 @@ async fn upstream_timeout_is_504_and_releases() {
     let up = Upstream::start().await;
     let proxy = Proxy::start(
         &up.url(),
-        &["--store", "memory:", "--upstream-timeout", "200ms"],
+        &["--store", "memory:", "--upstream-timeout", "700ms"],
     );
     let c = client();
-    let res = post_until_settled(&c, &proxy.url("/charge?delay_ms=2000"), "slow", "{}").await;
+    let res = post_until_settled(&c, &proxy.url("/charge?delay_ms=5000"), "slow", "{}").await;
     assert_eq!(res.status(), 504);
     let p: serde_json::Value = res.json().await.unwrap();
     assert_eq!(p["type"], "https://idemp.dev/problems/upstream-timeout");

@@ -20,7 +20,7 @@ fn bare_key() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #![proptest_config(ProptestConfig::with_cases(1000))]
 
     #[test]
     fn structured_field_strings_round_trip(key in printable_key()) {

@@ -37,6 +37,7 @@ fn memory() -> DynStore {
 /// a gate (to hold it running) are configurable.
 #[derive(Clone, Default)]
 struct Handler {
+    started: Arc<AtomicUsize>,
     runs: Arc<AtomicUsize>,
     per_key: Arc<Mutex<HashMap<String, usize>>>,
     statuses: Arc<Mutex<Vec<u16>>>,
@@ -47,6 +48,12 @@ struct Handler {
 impl Handler {
     fn runs(&self) -> usize {
         self.runs.load(Ordering::SeqCst)
+    }
+    /// Waits until the handler has been entered (the claim is held).
+    async fn until_started(&self) {
+        while self.started.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
     }
     fn with_statuses(self, s: &[u16]) -> Self {
         *self.statuses.lock() = s.to_vec();
@@ -80,6 +87,7 @@ impl Service<Req> for Handler {
     fn call(&mut self, req: Req) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
+            this.started.fetch_add(1, Ordering::SeqCst);
             let key = req
                 .headers()
                 .get("idempotency-key")
@@ -184,13 +192,19 @@ impl Counter {
     }
 }
 
-/// A store that fails every operation as unreachable.
-#[derive(Debug)]
-struct DownStore;
+/// A store that fails every operation as unreachable (or, when `refuse`, refuses
+/// every claim as an invalid argument).
+#[derive(Debug, Default)]
+struct DownStore {
+    refuse: bool,
+}
 
 #[async_trait]
 impl Store for DownStore {
     async fn claim(&self, _: &Claim) -> StoreResult<ClaimOutcome> {
+        if self.refuse {
+            return Err(StoreError::Invalid("key too long for this store".into()));
+        }
         Err(StoreError::Unavailable("connection refused".into()))
     }
     async fn complete(&self, _: &RecordKey, _: Token, _: Outcome, _: Duration) -> StoreResult<()> {
@@ -442,9 +456,7 @@ async fn a_duplicate_waits_then_gets_409_with_retry_after() {
         async move { send(&s, post(Some("k"), "{}")).await }
     });
     // Wait until the first request holds the claim.
-    while layer.in_flight().count() == 0 {
-        tokio::task::yield_now().await;
-    }
+    h.until_started().await;
     let dup = send(&s, post(Some("k"), "{}")).await;
     assert_eq!(dup.status, 409);
     assert_eq!(dup.headers["retry-after"], "2");
@@ -472,9 +484,7 @@ async fn a_duplicate_within_the_wait_gets_the_first_response() {
         let s = s.clone();
         async move { send(&s, post(Some("k"), "{}")).await }
     });
-    while layer.in_flight().count() == 0 {
-        tokio::task::yield_now().await;
-    }
+    h.until_started().await;
     let dup = tokio::spawn({
         let s = s.clone();
         async move { send(&s, post(Some("k"), "{}")).await }
@@ -614,7 +624,7 @@ async fn store_down_fails_closed_with_503_or_open_when_configured() {
     let h = Handler::default();
     let observer = Arc::new(Counter::default());
     let closed = svc(
-        &IdempotencyLayer::builder(Arc::new(DownStore))
+        &IdempotencyLayer::builder(Arc::new(DownStore::default()))
             .observer(observer.clone())
             .store_retry_after(Duration::from_secs(3))
             .build(),
@@ -631,7 +641,7 @@ async fn store_down_fails_closed_with_503_or_open_when_configured() {
     assert_eq!(observer.get("store_unavailable"), 1);
 
     let open = svc(
-        &IdempotencyLayer::builder(Arc::new(DownStore))
+        &IdempotencyLayer::builder(Arc::new(DownStore::default()))
             .fail_open(true)
             .observer(observer.clone())
             .build(),
@@ -644,6 +654,18 @@ async fn store_down_fails_closed_with_503_or_open_when_configured() {
     assert_eq!(got.json()["len"], 7);
     assert_eq!(h.runs(), 1);
     assert_eq!(observer.get("failed_open"), 1);
+
+    // A key the store refuses is the client's problem: 400, even when failing open.
+    let refusing = svc(
+        &IdempotencyLayer::builder(Arc::new(DownStore { refuse: true }))
+            .fail_open(true)
+            .build(),
+        &h,
+    );
+    let got = send(&refusing, post(Some("k"), "{}")).await;
+    assert_eq!(got.status, 400);
+    assert_eq!(got.problem_type(), "https://idemp.dev/problems/invalid-key");
+    assert_eq!(h.runs(), 1);
 }
 
 // ---------------------------------------------------------------------------------
@@ -659,9 +681,7 @@ async fn a_client_that_disconnects_does_not_cancel_the_handler() {
         let s = s.clone();
         async move { send(&s, post(Some("k"), "{}")).await }
     });
-    while layer.in_flight().count() == 0 {
-        tokio::task::yield_now().await;
-    }
+    h.until_started().await;
     // The client goes away mid-request.
     client.abort();
     assert!(client.await.unwrap_err().is_cancelled());
@@ -701,9 +721,7 @@ async fn the_heartbeat_keeps_a_slow_handler_from_being_taken_over() {
         let s = s.clone();
         async move { send(&s, post(Some("k"), "{}")).await }
     });
-    while layer.in_flight().count() == 0 {
-        tokio::task::yield_now().await;
-    }
+    h.until_started().await;
     let dup = send(&s, post(Some("k"), "{}")).await;
     let first = first.await.unwrap();
     assert!(dup.replayed());
@@ -802,4 +820,41 @@ async fn a_duplicate_of_a_crashed_request_takes_over_when_the_lease_passes() {
     );
     assert_eq!(observer.get("taken_over"), 1);
     assert_eq!(h.runs(), 1);
+}
+
+#[tokio::test]
+async fn works_as_an_axum_router_layer() {
+    use axum::routing::post;
+    let charges = Arc::new(AtomicUsize::new(0));
+    let counted = charges.clone();
+    let app = axum::Router::new()
+        .route(
+            "/payments",
+            post(move |body: String| {
+                let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
+                async move { (StatusCode::CREATED, format!("charge {n}: {body}")) }
+            }),
+        )
+        .layer(
+            IdempotencyLayer::builder(memory())
+                .require_key(true)
+                .build(),
+        );
+    let req = || {
+        Request::post("/payments")
+            .header("idempotency-key", "order-42")
+            .body(axum::body::Body::from("10 EUR"))
+            .unwrap()
+    };
+    let first = app.clone().oneshot(req()).await.unwrap();
+    assert_eq!(first.status(), 201);
+    let first = first.into_body().collect().await.unwrap().to_bytes();
+    let again = app.clone().oneshot(req()).await.unwrap();
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.into_body().collect().await.unwrap().to_bytes(), first);
+    let keyless = Request::post("/payments")
+        .body(axum::body::Body::from("10 EUR"))
+        .unwrap();
+    assert_eq!(app.oneshot(keyless).await.unwrap().status(), 400);
+    assert_eq!(charges.load(Ordering::SeqCst), 1);
 }

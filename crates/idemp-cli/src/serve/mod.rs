@@ -10,6 +10,11 @@
 //! ([`RunningProxy`]) for a graceful shutdown; [`run`] is the command: it starts the
 //! proxy, prints where it listens, and shuts down gracefully on SIGTERM or SIGINT
 //! (in-flight requests finish and settle their records).
+//!
+//! Logging: one line per request at info (target `idemp::access`) on stderr, text or
+//! JSON (`--log-format`); the filter is `IDEMP_LOG` (tracing-subscriber syntax,
+//! default `info`). `IDEMP_WORKER_THREADS` sets the runtime's worker threads
+//! (default: one per core).
 
 mod admin;
 mod config;
@@ -286,7 +291,15 @@ fn init_logging(format: LogFormat) {
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = ServeConfig::resolve(args)?;
     init_logging(config.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = std::env::var("IDEMP_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+    {
+        runtime.worker_threads(n);
+    }
+    let runtime = runtime
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;

@@ -371,6 +371,46 @@ where
         .lease(config.lease)
         .ttl(config.ttl)
         .take_over_expired(true);
+
+    // From the claim on, the work runs in its own task: a client that disconnects
+    // (dropping this future) cancels neither a claim in flight nor the handler, and
+    // the record is always settled.
+    let (tx, rx) = oneshot::channel();
+    let guard = shared.in_flight.enter();
+    let task_shared = shared.clone();
+    tokio::spawn(async move {
+        let _guard = guard;
+        let result = claim_and_run(task_shared, inner, parts, bytes, id, claim).await;
+        // The client may be gone; the record is settled either way.
+        let _ = tx.send(result);
+    });
+    match rx.await {
+        Ok(r) => r,
+        Err(_) => Ok(problem(
+            Problem::new(ProblemKind::HandlerFailed).detail("the request task was cancelled"),
+        )),
+    }
+}
+
+/// Claims the key and replays, waits, refuses or runs the handler.
+async fn claim_and_run<S, B, ResB>(
+    shared: Arc<Shared>,
+    mut inner: S,
+    parts: http::request::Parts,
+    bytes: Bytes,
+    id: RecordKey,
+    claim: Claim,
+) -> Result<Response<ResponseBody<ResB>>, S::Error>
+where
+    S: Service<Request<RequestBody<B>>, Response = Response<ResB>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    let config = &shared.config;
+    let observer = &config.observer;
     let deadline = Instant::now() + config.wait;
 
     loop {
@@ -378,6 +418,15 @@ where
         let claimed = config.store.claim(&claim).await;
         observer.store_latency(StoreOp::Claim, t0.elapsed(), claimed.is_ok());
         match claimed {
+            // The store refuses this key (too long for it, a character it cannot
+            // hold): the client's problem, not an outage.
+            Err(StoreError::Invalid(reason)) => {
+                observer.event(Event::InvalidKey);
+                return Ok(problem(
+                    Problem::new(ProblemKind::InvalidKey)
+                        .detail(format!("the store refused this key: {reason}")),
+                ));
+            }
             Err(e) => {
                 if config.fail_open {
                     tracing::warn!(error = %e, "idempotency store failed; passing through (fail open)");
@@ -443,13 +492,13 @@ where
                     token,
                     takeover: takeover.is_some(),
                 };
-                return run.execute(inner, req).await;
+                return run.run(inner.call(req)).await;
             }
         }
     }
 }
 
-/// A claimed request: runs the handler in its own task and settles the record.
+/// A claimed request: runs the handler (with the lease heartbeat) and settles the record.
 struct Owned {
     shared: Arc<Shared>,
     id: RecordKey,
@@ -458,36 +507,6 @@ struct Owned {
 }
 
 impl Owned {
-    async fn execute<S, B, ResB>(
-        self,
-        mut inner: S,
-        req: Request<RequestBody<B>>,
-    ) -> Result<Response<ResponseBody<ResB>>, S::Error>
-    where
-        S: Service<Request<RequestBody<B>>, Response = Response<ResB>> + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Send + 'static,
-        B: Send + 'static,
-        ResB: Body<Data = Bytes> + Send + 'static,
-        ResB::Error: Into<BoxError>,
-    {
-        let (tx, rx) = oneshot::channel();
-        let guard = self.shared.in_flight.enter();
-        let fut = inner.call(req);
-        tokio::spawn(async move {
-            let _guard = guard;
-            let result = self.run(fut).await;
-            // The client may be gone; the record is settled either way.
-            let _ = tx.send(result);
-        });
-        match rx.await {
-            Ok(r) => r,
-            Err(_) => Ok(problem(
-                Problem::new(ProblemKind::HandlerFailed).detail("the handler task was cancelled"),
-            )),
-        }
-    }
-
     async fn run<F, ResB, E>(self, fut: F) -> Result<Response<ResponseBody<ResB>>, E>
     where
         F: Future<Output = Result<Response<ResB>, E>> + Send,
