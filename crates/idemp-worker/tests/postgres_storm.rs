@@ -4,16 +4,14 @@
 //! test uses a schema of its own and drops it.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use idemp::clock::{Clock, SystemClock};
 use idemp::store::postgres::{PostgresOptions, PostgresStore};
 use idemp::store::{Claim, ClaimOutcome, Codec, Outcome, RecordKey, State, Store, StoreError};
 
-const WORKER: &str = env!("CARGO_BIN_EXE_idemp-worker");
+mod support;
+use support::{WORKER, effect_lines, run_and_kill, until_ambiguous};
 
 fn server() -> String {
     std::env::var("IDEMP_TEST_POSTGRES_URL")
@@ -83,14 +81,6 @@ impl Drop for Schema {
             });
         })
         .join();
-    }
-}
-
-fn effect_lines(path: &Path) -> Vec<String> {
-    match std::fs::read_to_string(path) {
-        Ok(s) => s.lines().map(str::to_string).collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => panic!("{e}"),
     }
 }
 
@@ -170,50 +160,6 @@ async fn four_processes_storming_one_schema_run_each_effect_once() {
     assert_eq!((stats.completed, stats.in_progress), (KEYS as u64, 0));
 }
 
-/// Starts `crash-at POINT`, waits for its READY line, kills it with SIGKILL.
-/// Returns the killed owner's token.
-fn run_and_kill(point: &str, url: &str, key: &str, effects: &Path, lease_ms: u64) -> u64 {
-    let mut child = Command::new(WORKER)
-        .args(["crash-at", point, "--store", url, "--key", key])
-        .args(["--lease-ms", &lease_ms.to_string(), "--effects-file"])
-        .arg(effects)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn idemp-worker");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    let parts: Vec<&str> = line.trim().split(' ').collect();
-    assert_eq!(parts[..2], ["READY", point], "{line:?}");
-    parts[2].parse().unwrap()
-}
-
-/// Polls until the killed owner's lease has passed (server time, compared loosely with
-/// the local clock: both run on this machine).
-async fn until_ambiguous(store: &PostgresStore, id: &RecordKey) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let rec = store
-            .get(id)
-            .await
-            .unwrap()
-            .expect("record survives the kill");
-        if let State::InProgress { lease_until } = rec.state {
-            if lease_until + 50 <= SystemClock.now_ms() {
-                return;
-            }
-        } else {
-            panic!("{rec:?}");
-        }
-        assert!(Instant::now() < deadline, "lease never passed: {rec:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn check_ambiguous_then_takeover(point: &str, effects_expected: usize) {
     let schema = Schema::new();
     let store = schema.store().await;
@@ -230,7 +176,7 @@ async fn check_ambiguous_then_takeover(point: &str, effects_expected: usize) {
     assert_eq!(effect_lines(&effects).len(), effects_expected);
 
     let id = RecordKey::new("crash", "job");
-    until_ambiguous(&store, &id).await;
+    until_ambiguous(&store, &id, 50).await;
     let claim = Claim::new(id.clone()).take_over_expired(false);
     match store.claim(&claim).await.unwrap() {
         ClaimOutcome::Existing(r) => {

@@ -4,16 +4,15 @@
 //! through the real `idemp-worker` binary.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use idemp::clock::{Clock, SystemClock};
 use idemp::store::redis::RedisStore;
 use idemp::store::{Claim, ClaimOutcome, Codec, Outcome, RecordKey, State, Store, StoreError};
 
-const WORKER: &str = env!("CARGO_BIN_EXE_idemp-worker");
+mod support;
+use support::{WORKER, effect_lines, run_and_kill, until_ambiguous};
 
 fn base_url() -> String {
     std::env::var("IDEMP_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
@@ -33,14 +32,6 @@ async fn fresh(tag: &str) -> (String, RedisStore) {
         panic!("cannot reach Redis at {base} ({e}); start it with `scripts/services.sh` or set IDEMP_TEST_REDIS_URL")
     });
     (url, store)
-}
-
-fn effect_lines(path: &Path) -> Vec<String> {
-    match std::fs::read_to_string(path) {
-        Ok(s) => s.lines().map(str::to_string).collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => panic!("{e}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,46 +112,6 @@ async fn four_processes_storming_one_redis_run_each_effect_once() {
     store.clear().await.unwrap();
 }
 
-/// Starts `crash-at POINT`, waits for its READY line, kills it with SIGKILL.
-/// Returns the killed owner's token.
-fn run_and_kill(point: &str, url: &str, key: &str, effects: &Path, lease_ms: u64) -> u64 {
-    let mut child = Command::new(WORKER)
-        .args(["crash-at", point, "--store", url, "--key", key])
-        .args(["--lease-ms", &lease_ms.to_string(), "--effects-file"])
-        .arg(effects)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn idemp-worker");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    let parts: Vec<&str> = line.trim().split(' ').collect();
-    assert_eq!(parts[..2], ["READY", point], "{line:?}");
-    parts[2].parse().unwrap()
-}
-
-/// Polls until the killed owner's lease has passed (Redis's clock, read through the
-/// record; the test machine's clock is the same one).
-async fn until_ambiguous(store: &RedisStore, id: &RecordKey) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let rec = store
-            .get(id)
-            .await
-            .unwrap()
-            .expect("record survives the kill");
-        if rec.is_ambiguous(SystemClock.now_ms()) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "lease never passed: {rec:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn check_ambiguous_then_takeover(point: &str, effects_expected: usize) {
     let (url, store) = fresh(point).await;
     let dir = tempfile::tempdir().unwrap();
@@ -169,7 +120,7 @@ async fn check_ambiguous_then_takeover(point: &str, effects_expected: usize) {
     assert_eq!(effect_lines(&effects).len(), effects_expected);
 
     let id = RecordKey::new("crash", "job");
-    until_ambiguous(&store, &id).await;
+    until_ambiguous(&store, &id, 0).await;
     // Without takeover: the record is reported, ambiguous.
     let claim = Claim::new(id.clone()).take_over_expired(false);
     match store.claim(&claim).await.unwrap() {

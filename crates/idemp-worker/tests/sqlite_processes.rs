@@ -2,8 +2,6 @@
 //! execution, through the real `idemp-worker` binary.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,15 +9,8 @@ use idemp::clock::{Clock, SystemClock};
 use idemp::store::sqlite::SqliteStore;
 use idemp::store::{Claim, ClaimOutcome, Codec, Outcome, RecordKey, State, Store, StoreError};
 
-const WORKER: &str = env!("CARGO_BIN_EXE_idemp-worker");
-
-fn effect_lines(path: &Path) -> Vec<String> {
-    match std::fs::read_to_string(path) {
-        Ok(s) => s.lines().map(str::to_string).collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => panic!("{e}"),
-    }
-}
+mod support;
+use support::{WORKER, effect_lines, run_and_kill, until_ambiguous};
 
 #[test]
 fn four_processes_storming_one_file_run_each_effect_once() {
@@ -88,45 +79,6 @@ fn four_processes_storming_one_file_run_each_effect_once() {
     }
 }
 
-/// Starts `crash-at POINT`, waits for its READY line, kills it with SIGKILL.
-/// Returns the killed owner's token.
-fn run_and_kill(point: &str, url: &str, key: &str, effects: &Path, lease_ms: u64) -> u64 {
-    let mut child = Command::new(WORKER)
-        .args(["crash-at", point, "--store", url, "--key", key])
-        .args(["--lease-ms", &lease_ms.to_string(), "--effects-file"])
-        .arg(effects)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn idemp-worker");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    let parts: Vec<&str> = line.trim().split(' ').collect();
-    assert_eq!(parts[..2], ["READY", point], "{line:?}");
-    parts[2].parse().unwrap()
-}
-
-/// Polls until the killed owner's lease has passed (the store reads the system clock).
-async fn until_ambiguous(store: &SqliteStore, id: &RecordKey) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let rec = store
-            .get(id)
-            .await
-            .unwrap()
-            .expect("record survives the kill");
-        if rec.is_ambiguous(SystemClock.now_ms()) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "lease never passed: {rec:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn check_ambiguous_then_takeover(point: &str, effects_expected: usize) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("crash.db");
@@ -137,7 +89,7 @@ async fn check_ambiguous_then_takeover(point: &str, effects_expected: usize) {
 
     let store = SqliteStore::open(&path).unwrap();
     let id = RecordKey::new("crash", "job");
-    until_ambiguous(&store, &id).await;
+    until_ambiguous(&store, &id, 0).await;
     // Without takeover: the record is reported, ambiguous.
     let claim = Claim::new(id.clone()).take_over_expired(false);
     match store.claim(&claim).await.unwrap() {
