@@ -4,7 +4,7 @@
 //! Run: `cargo bench -p idemp --features compression --bench guard -- --warm-up-time 1 --measurement-time 3`
 //!
 //! Groups:
-//! * `single/…`: one thread (current-thread runtime), per operation:
+//! * `single/…`: one thread (current-thread runtime), thread CPU time per operation:
 //!   - `guard_claim_complete`: `Guard::run` on a fresh key (claim, run, encode, store,
 //!     decode the stored bytes);
 //!   - `guard_replay`: `Guard::run` on a completed key (claim → existing → decode);
@@ -13,8 +13,9 @@
 //!     `MemoryStore::try_insert` + `complete` (an actor task behind an mpsc channel).
 //! * `threads/…`: claim+complete of fresh keys by 1 / 16 / 64 tasks on a 2-worker
 //!   runtime, guard vs `idempotent`.
-//! * `codec/…`: JSON vs postcard encode+decode of a small result.
-//! * `compress/…` (feature `compression`): LZ4 vs zstd on a 64 KiB JSON outcome.
+//! * `codec/…`: JSON vs postcard encode+decode of a small result (thread CPU time).
+//! * `compress/…` (feature `compression`): LZ4 vs zstd on a 64 KiB JSON outcome
+//!   (thread CPU time).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -79,8 +80,21 @@ fn idempotent_response() -> idempotent::CachedResponse {
     }
 }
 
-/// Times `$body` over `$iters` fresh keys `$k` (`&str`), with a new `$state` from
-/// `$setup` every CHUNK keys (setup and key generation not timed).
+/// Per-thread CPU time: the single-thread groups run everything (runtime, store,
+/// guard) on the bench thread, so this excludes the time other processes of a shared
+/// machine steal, which wall-clock time does not.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Thread CPU time of `$body` over `$iters` fresh keys `$k` (`&str`), with a new
+/// `$state` from `$setup` every CHUNK keys (setup and key generation not timed).
 macro_rules! fresh_keys {
     ($iters:expr, $setup:expr, |$state:ident, $k:ident| $body:expr) => {{
         let iters: u64 = $iters;
@@ -90,15 +104,37 @@ macro_rules! fresh_keys {
             let n = CHUNK.min(iters - done);
             let $state = $setup;
             let ks = keys(n);
-            let start = Instant::now();
+            let start = thread_cpu_time();
             for $k in ks.iter().map(|k| k.as_str()) {
                 $body;
             }
-            total += start.elapsed();
+            total += thread_cpu_time() - start;
             done += n;
         }
         total
     }};
+}
+
+/// Thread CPU time of `f` run `iters` times (for the synchronous groups).
+fn cpu_iter<R>(iters: u64, mut f: impl FnMut() -> R) -> Duration {
+    let start = thread_cpu_time();
+    for _ in 0..iters {
+        black_box(f());
+    }
+    thread_cpu_time() - start
+}
+
+/// Thread CPU time of `$body` run `$iters` times (an async block to `block_on`).
+macro_rules! repeat {
+    ($iters:expr, $body:expr) => {
+        async {
+            let start = thread_cpu_time();
+            for _ in 0..$iters {
+                $body;
+            }
+            thread_cpu_time() - start
+        }
+    };
 }
 
 fn single(c: &mut Criterion) {
@@ -129,12 +165,14 @@ fn single(c: &mut Criterion) {
                 .unwrap();
         });
         g.bench_function(format!("guard_replay/{codec:?}"), |b| {
-            b.to_async(&rt).iter(|| async {
-                let r: Receipt = guard
-                    .run("done", || async { Ok::<_, std::io::Error>(receipt(8)) })
-                    .await
-                    .unwrap();
-                black_box(r)
+            b.iter_custom(|iters| {
+                rt.block_on(repeat!(iters, {
+                    let r: Receipt = guard
+                        .run("done", || async { Ok::<_, std::io::Error>(receipt(8)) })
+                        .await
+                        .unwrap();
+                    black_box(r)
+                }))
             })
         });
     }
@@ -179,9 +217,18 @@ fn single(c: &mut Criterion) {
             .unwrap();
     });
     g.bench_function("store_replay", |b| {
-        b.to_async(&rt).iter(|| async {
-            let claim = Claim::new(RecordKey::new("charge", "done"));
-            black_box(store.claim(&claim).await.unwrap())
+        b.iter_custom(|iters| {
+            rt.block_on(repeat!(iters, {
+                let claim = Claim::new(RecordKey::new("charge", "done"));
+                let ClaimOutcome::Existing(rec) = store.claim(&claim).await.unwrap() else {
+                    panic!("completed key")
+                };
+                let idemp::store::State::Completed(out) = rec.state else {
+                    panic!("completed key")
+                };
+                let r: Receipt = serde_json::from_slice(&out.bytes).unwrap();
+                black_box(r)
+            }))
         })
     });
 
@@ -222,15 +269,18 @@ fn single(c: &mut Criterion) {
     g.bench_function("idempotent_replay", |b| {
         use idempotent::entry::ExistingEntry;
         use idempotent::store::{IdempotencyStore, InsertResult};
-        b.to_async(&rt).iter(|| async {
-            let key = peer_key.clone();
-            match peer.try_insert(&key, idempotent_entry()).await.unwrap() {
-                InsertResult::Exists(ExistingEntry::Completed(done)) => {
-                    let r: Receipt = serde_json::from_slice(&done.into_response().body).unwrap();
-                    black_box(r)
+        b.iter_custom(|iters| {
+            rt.block_on(repeat!(iters, {
+                let key = peer_key.clone();
+                match peer.try_insert(&key, idempotent_entry()).await.unwrap() {
+                    InsertResult::Exists(ExistingEntry::Completed(done)) => {
+                        let r: Receipt =
+                            serde_json::from_slice(&done.into_response().body).unwrap();
+                        black_box(r)
+                    }
+                    other => panic!("expected a completed entry, got {other:?}"),
                 }
-                other => panic!("expected a completed entry, got {other:?}"),
-            }
+            }))
         })
     });
     g.finish();
@@ -351,15 +401,19 @@ fn codec(c: &mut Criterion) {
     let mut g = c.benchmark_group("codec");
     let r = receipt(42);
     g.bench_function("json_roundtrip", |b| {
-        b.iter(|| {
-            let bytes = serde_json::to_vec(black_box(&r)).unwrap();
-            black_box(serde_json::from_slice::<Receipt>(&bytes).unwrap())
+        b.iter_custom(|iters| {
+            cpu_iter(iters, || {
+                let bytes = serde_json::to_vec(black_box(&r)).unwrap();
+                black_box(serde_json::from_slice::<Receipt>(&bytes).unwrap())
+            })
         })
     });
     g.bench_function("postcard_roundtrip", |b| {
-        b.iter(|| {
-            let bytes = postcard::to_allocvec(black_box(&r)).unwrap();
-            black_box(postcard::from_bytes::<Receipt>(&bytes).unwrap())
+        b.iter_custom(|iters| {
+            cpu_iter(iters, || {
+                let bytes = postcard::to_allocvec(black_box(&r)).unwrap();
+                black_box(postcard::from_bytes::<Receipt>(&bytes).unwrap())
+            })
         })
     });
     eprintln!(
@@ -409,19 +463,39 @@ fn compress(c: &mut Criterion) {
     let mut g = c.benchmark_group("compress");
     g.throughput(Throughput::Bytes(data.len() as u64));
     g.bench_function("lz4_compress", |b| {
-        b.iter(|| black_box(lz4_flex::compress_prepend_size(black_box(&data))))
+        b.iter_custom(|iters| {
+            cpu_iter(iters, || {
+                black_box(lz4_flex::compress_prepend_size(black_box(&data)))
+            })
+        })
     });
     g.bench_function("zstd1_compress", |b| {
-        b.iter(|| black_box(zstd::bulk::compress(black_box(&data), 1).unwrap()))
+        b.iter_custom(|iters| {
+            cpu_iter(iters, || {
+                black_box(zstd::bulk::compress(black_box(&data), 1).unwrap())
+            })
+        })
     });
     g.bench_function("zstd3_compress", |b| {
-        b.iter(|| black_box(zstd::bulk::compress(black_box(&data), 3).unwrap()))
+        b.iter_custom(|iters| {
+            cpu_iter(iters, || {
+                black_box(zstd::bulk::compress(black_box(&data), 3).unwrap())
+            })
+        })
     });
     g.bench_function("lz4_decompress", |b| {
-        b.iter(|| black_box(lz4_flex::decompress_size_prepended(black_box(&lz4)).unwrap()))
+        b.iter_custom(|iters| {
+            cpu_iter(iters, || {
+                black_box(lz4_flex::decompress_size_prepended(black_box(&lz4)).unwrap())
+            })
+        })
     });
     g.bench_function("zstd1_decompress", |b| {
-        b.iter(|| black_box(zstd::bulk::decompress(black_box(&zstd1), data.len()).unwrap()))
+        b.iter_custom(|iters| {
+            cpu_iter(iters, || {
+                black_box(zstd::bulk::decompress(black_box(&zstd1), data.len()).unwrap())
+            })
+        })
     });
     g.finish();
 }

@@ -110,24 +110,7 @@ async fn main() {
     );
     for tasks in [1usize, 16, 64] {
         let run = format!("t{tasks}");
-        let s = store.clone();
-        let out = outcome.clone();
-        let r2 = run.clone();
-        let idemp = measure(tasks, secs, move |t, i| {
-            let s = s.clone();
-            let out = out.clone();
-            let id = RecordKey::new("bench", format!("{r2}-{t}-{i}"));
-            async move {
-                match s.claim(&Claim::new(id.clone())).await.expect("claim") {
-                    ClaimOutcome::Acquired { token, .. } => s
-                        .complete(&id, token, Outcome::new(Codec::Json, out), TTL)
-                        .await
-                        .expect("complete"),
-                    other => panic!("{other:?}"),
-                }
-            }
-        })
-        .await;
+        let idemp = settled(&store, tasks, secs, &run, &outcome).await;
 
         let s = store.clone();
         let (ins, upd) = (insert.clone(), update.clone());
@@ -181,4 +164,26 @@ async fn main() {
         .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
         .await
         .expect("drop schema");
+}
+
+/// Settled executions per second: claim + complete on fresh keys.
+async fn settled(store: &PostgresStore, tasks: usize, secs: f64, run: &str, outcome: &[u8]) -> f64 {
+    let s = store.clone();
+    let out = outcome.to_vec();
+    let run = run.to_string();
+    measure(tasks, secs, move |t, i| {
+        let s = s.clone();
+        let out = out.clone();
+        let id = RecordKey::new("bench", format!("{run}-{t}-{i}"));
+        async move {
+            match s.claim(&Claim::new(id.clone())).await.expect("claim") {
+                ClaimOutcome::Acquired { token, .. } => s
+                    .complete(&id, token, Outcome::new(Codec::Json, out), TTL)
+                    .await
+                    .expect("complete"),
+                other => panic!("{other:?}"),
+            }
+        }
+    })
+    .await
 }

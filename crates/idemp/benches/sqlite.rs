@@ -44,6 +44,7 @@ fn bench(c: &mut Criterion) {
             .expect("open");
         let next_key = Arc::new(AtomicU64::new(0));
         for tasks in [1u64, 16, 64] {
+            let before = store.group_commit_stats();
             group.bench_with_input(BenchmarkId::new(name, tasks), &tasks, |b, &tasks| {
                 b.to_async(&rt).iter_custom(|iters| {
                     let store = store.clone();
@@ -69,6 +70,18 @@ fn bench(c: &mut Criterion) {
                     }
                 });
             });
+            let after = store.group_commit_stats();
+            let (commits, ops) = (
+                after.commits - before.commits,
+                after.operations - before.operations,
+            );
+            if commits == 0 {
+                continue; // filtered out
+            }
+            eprintln!(
+                "group commit, {name}/{tasks}: {:.1} operations per commit ({ops} in {commits})",
+                ops as f64 / commits.max(1) as f64
+            );
         }
     }
     group.finish();

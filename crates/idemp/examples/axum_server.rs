@@ -42,29 +42,32 @@ async fn charges(State(bank): State<Bank>) -> Json<Value> {
     Json(json!({ "charges": bank.charges.load(Ordering::SeqCst) }))
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let store_url = std::env::var("IDEMP_STORE").unwrap_or_else(|_| "memory:".into());
-    let listen = std::env::var("LISTEN").unwrap_or_else(|_| "127.0.0.1:3000".into());
-    let store = idemp::store::open(&store_url).await?;
-
+/// The payment API with the idempotency layer in front of it.
+pub fn app(store: idemp::store::DynStore) -> Router {
     let idempotency = IdempotencyLayer::builder(store)
         .require_key(true)
         .wait(Duration::from_secs(5))
         .ttl(Duration::from_secs(24 * 3600))
         .build();
 
-    let app = Router::new()
+    Router::new()
         .route("/payments", post(pay))
         .route("/charges", get(charges))
         .layer(idempotency)
-        .with_state(Bank::default());
+        .with_state(Bank::default())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let store_url = std::env::var("IDEMP_STORE").unwrap_or_else(|_| "memory:".into());
+    let listen = std::env::var("LISTEN").unwrap_or_else(|_| "127.0.0.1:3000".into());
+    let store = idemp::store::open(&store_url).await?;
 
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     println!(
         "listening on http://{} (store {store_url})",
         listener.local_addr()?
     );
-    axum::serve(listener, app).await?;
+    axum::serve(listener, app(store)).await?;
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! A retry storm: `KEYS` debits of $10, each requested by `RETRIES` concurrent callers
 //! with the same idempotency key. Workers crash at random between the debit and the
 //! commit (the transaction is dropped, as when a process dies), and some stall past
-//! their lease while holding the transaction open (zombies). The debit and the
+//! their lease before debiting (zombies: the key is taken over meanwhile). The debit and the
 //! completion commit in one transaction (`complete_in`), and expired leases are taken
 //! over, so every key moves the balance exactly once.
 //!
@@ -24,7 +24,7 @@ const KEYS: usize = 40;
 const RETRIES: usize = 16;
 const START_BALANCE: i64 = 100_000;
 const DEBIT: i64 = 10;
-const LEASE: Duration = Duration::from_millis(300);
+const LEASE: Duration = Duration::from_millis(500);
 
 #[derive(Default)]
 struct Counters {
@@ -53,6 +53,12 @@ async fn request(
                 if takeover.is_some() {
                     c.takeovers.fetch_add(1, Ordering::Relaxed);
                 }
+                let roll: u32 = rand::random_range(0..100);
+                if roll < 10 {
+                    // A stall past the lease (GC pause, slow network): the key may be
+                    // taken over meanwhile, and this owner becomes a zombie.
+                    tokio::time::sleep(LEASE + Duration::from_millis(100)).await;
+                }
                 let mut conn = store.pool().get().await?;
                 let tx = conn.transaction().await?;
                 let balance: i64 = tx
@@ -70,17 +76,12 @@ async fn request(
                     &[&id.key, &DEBIT],
                 )
                 .await?;
-                let roll: u32 = rand::random_range(0..100);
-                if roll < 25 {
+                if roll >= 75 {
                     // Crash between the debit and the commit: nothing is committed, the
                     // record stays in progress until its lease passes.
                     c.crashes.fetch_add(1, Ordering::Relaxed);
                     drop(tx);
                     continue;
-                }
-                if roll < 35 {
-                    // A stall past the lease: someone may take the key over meanwhile.
-                    tokio::time::sleep(LEASE * 2).await;
                 }
                 let receipt = Outcome::new(
                     Codec::Json,
@@ -120,11 +121,19 @@ async fn request(
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Error> {
+/// Runs the storm in a schema of its own and drops it; `Ok(true)` when every key moved
+/// the balance exactly once.
+pub async fn example() -> Result<bool, Error> {
     let url = std::env::var("IDEMP_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let schema = format!("idemp_example_{}", std::process::id());
+    let schema = format!(
+        "idemp_example_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+    );
     let store = PostgresStore::connect_with(
         &url,
         PostgresOptions::default().schema(&schema).pool_size(16),
@@ -136,8 +145,12 @@ async fn main() -> Result<(), Error> {
     admin
         .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
         .await?;
-    let ok = result?;
-    if !ok {
+    result
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    if !example().await? {
         std::process::exit(1);
     }
     Ok(())

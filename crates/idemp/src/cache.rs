@@ -6,6 +6,11 @@
 //! and canonical arguments, with **singleflight**: concurrent identical reads call the
 //! tool once and share its result. Errors are never cached.
 //!
+//! With the `redis` feature, [`ToolCacheBuilder::redis`] adds a shared second level:
+//! results are also written to Redis (with the same TTL), and a miss in memory is looked
+//! up there before the tool is called, so several agent processes share reads. Redis
+//! errors never fail a call: the cache degrades to memory only (and logs a warning).
+//!
 //! It is built on [moka](https://docs.rs/moka) (TinyLFU admission, LRU eviction,
 //! per-cache TTL, coalesced loading). A faster map (quick_cache, DashMap) reads in a
 //! fraction of moka's ~1.6 µs, but a tool call takes milliseconds to seconds: TTL,
@@ -55,6 +60,8 @@ pub struct CacheStats {
     pub errors: u64,
     /// Entries currently held (approximate: moka applies writes in batches).
     pub entries: u64,
+    /// Misses in memory answered by the shared (Redis) level, without calling the tool.
+    pub shared_hits: u64,
 }
 
 #[derive(Debug, Default)]
@@ -62,6 +69,13 @@ struct Counters {
     hits: AtomicU64,
     misses: AtomicU64,
     errors: AtomicU64,
+    shared_hits: AtomicU64,
+}
+
+/// A second cache level shared between processes (see [`ToolCacheBuilder::redis`]).
+trait SharedTier<V>: Send + Sync {
+    fn get<'a>(&'a self, key: &'a str) -> futures_util::future::BoxFuture<'a, Option<V>>;
+    fn put<'a>(&'a self, key: &'a str, value: &'a V) -> futures_util::future::BoxFuture<'a, ()>;
 }
 
 /// An LRU + TTL cache of tool results with singleflight. Cheap to clone: clones share
@@ -70,6 +84,7 @@ struct Counters {
 pub struct ToolCache<V> {
     inner: moka::future::Cache<String, V>,
     counters: Arc<Counters>,
+    shared: Option<Arc<dyn SharedTier<V>>>,
 }
 
 impl<V> fmt::Debug for ToolCache<V> {
@@ -89,6 +104,7 @@ pub struct ToolCacheBuilder<V> {
     ttl: Option<Duration>,
     tti: Option<Duration>,
     weigher: Option<Weigher<V>>,
+    shared: Option<Arc<dyn SharedTier<V>>>,
 }
 
 impl<V> fmt::Debug for ToolCacheBuilder<V> {
@@ -98,6 +114,7 @@ impl<V> fmt::Debug for ToolCacheBuilder<V> {
             .field("ttl", &self.ttl)
             .field("tti", &self.tti)
             .field("weigher", &self.weigher.is_some())
+            .field("shared", &self.shared.is_some())
             .finish()
     }
 }
@@ -138,7 +155,92 @@ impl<V: Clone + Send + Sync + 'static> ToolCacheBuilder<V> {
         ToolCache {
             inner: b.build(),
             counters: Arc::default(),
+            shared: self.shared,
         }
+    }
+}
+
+#[cfg(feature = "redis")]
+mod redis_tier {
+    use super::SharedTier;
+    use futures_util::future::BoxFuture;
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+    use std::marker::PhantomData;
+    use std::time::Duration;
+
+    pub(super) struct RedisTier<V> {
+        pub(super) conn: redis::aio::ConnectionManager,
+        pub(super) prefix: String,
+        pub(super) ttl: Duration,
+        pub(super) _v: PhantomData<fn() -> V>,
+    }
+
+    impl<V> RedisTier<V> {
+        fn key(&self, key: &str) -> String {
+            format!("{}:toolcache:{key}", self.prefix)
+        }
+    }
+
+    impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> SharedTier<V> for RedisTier<V> {
+        fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Option<V>> {
+            Box::pin(async move {
+                let mut conn = self.conn.clone();
+                let got: Result<Option<Vec<u8>>, _> = redis::cmd("GET")
+                    .arg(self.key(key))
+                    .query_async(&mut conn)
+                    .await;
+                match got {
+                    Ok(Some(bytes)) => serde_json::from_slice(&bytes)
+                        .inspect_err(|e| tracing::warn!(%e, key, "undecodable shared cache entry"))
+                        .ok(),
+                    Ok(None) => None,
+                    Err(e) => {
+                        tracing::warn!(%e, "shared tool cache unavailable; using memory only");
+                        None
+                    }
+                }
+            })
+        }
+        fn put<'a>(&'a self, key: &'a str, value: &'a V) -> BoxFuture<'a, ()> {
+            Box::pin(async move {
+                let Ok(bytes) = serde_json::to_vec(value) else {
+                    return;
+                };
+                let ms = u64::try_from(self.ttl.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1);
+                let mut conn = self.conn.clone();
+                let set: Result<(), _> = redis::cmd("SET")
+                    .arg(self.key(key))
+                    .arg(bytes)
+                    .arg("PX")
+                    .arg(ms)
+                    .query_async(&mut conn)
+                    .await;
+                if let Err(e) = set {
+                    tracing::warn!(%e, "shared tool cache write failed");
+                }
+            })
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+impl<V> ToolCacheBuilder<V>
+where
+    V: Clone + serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    /// Shares results through Redis (feature `redis`): values are stored as JSON under
+    /// `<prefix>:toolcache:<key>` with the cache's TTL. Set the TTL before calling this.
+    pub fn redis(mut self, conn: redis::aio::ConnectionManager, prefix: impl Into<String>) -> Self {
+        self.shared = Some(Arc::new(redis_tier::RedisTier {
+            conn,
+            prefix: prefix.into(),
+            ttl: self.ttl.unwrap_or(Duration::from_secs(300)),
+            _v: std::marker::PhantomData,
+        }));
+        self
     }
 }
 
@@ -150,6 +252,7 @@ impl<V: Clone + Send + Sync + 'static> ToolCache<V> {
             ttl: None,
             tti: None,
             weigher: None,
+            shared: None,
         }
     }
 
@@ -186,16 +289,29 @@ impl<V: Clone + Send + Sync + 'static> ToolCache<V> {
         E: Send + Sync + 'static,
     {
         let ran = AtomicBool::new(false);
+        let from_shared = AtomicBool::new(false);
+        let shared = self.shared.as_deref();
         let out = self
             .inner
-            .try_get_with(key, async {
+            .try_get_with(key.clone(), async {
+                if let Some(tier) = shared
+                    && let Some(v) = tier.get(&key).await
+                {
+                    from_shared.store(true, Ordering::Relaxed);
+                    return Ok(v);
+                }
                 ran.store(true, Ordering::Relaxed);
-                call().await
+                let v = call().await?;
+                if let Some(tier) = shared {
+                    tier.put(&key, &v).await;
+                }
+                Ok(v)
             })
             .await;
         let counter = match (&out, ran.load(Ordering::Relaxed)) {
             (Err(_), true) => &self.counters.errors,
             (_, true) => &self.counters.misses,
+            _ if from_shared.load(Ordering::Relaxed) => &self.counters.shared_hits,
             (_, false) => &self.counters.hits,
         };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -236,6 +352,7 @@ impl<V: Clone + Send + Sync + 'static> ToolCache<V> {
             misses: self.counters.misses.load(Ordering::Relaxed),
             errors: self.counters.errors.load(Ordering::Relaxed),
             entries: self.inner.entry_count(),
+            shared_hits: self.counters.shared_hits.load(Ordering::Relaxed),
         }
     }
 

@@ -10,7 +10,9 @@ use idemp::guard::{
     Begin, Disposition, GuardError, OnAmbiguous, OnDuplicate, OnFailure, OnInterrupt, Request,
     Resolution, Resolved, StoredFailure, ValueCodec,
 };
-use idemp::store::{Codec, Compression, Fingerprint, State};
+#[cfg(feature = "compression")]
+use idemp::store::Compression;
+use idemp::store::{Codec, Fingerprint, State};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
@@ -1015,4 +1017,236 @@ fn the_blocking_api_runs_once_and_releases_on_panic() {
         .run("e", || Res::<u32>::Err(io_err("nope")))
         .unwrap_err();
     assert!(matches!(err, GuardError::Operation(_)));
+}
+
+#[derive(Clone, Serialize)]
+struct Invoice {
+    user: u64,
+    amount_cents: u64,
+}
+
+#[tokio::test]
+async fn guarded_functions_key_by_a_custom_function_or_by_arguments() {
+    let (b, _) = manual("create_invoice");
+    let guard = b.build();
+    let fx = Effects::default();
+    let per_user = guard.func(
+        |inv: &Invoice| format!("invoice:{}", inv.user),
+        |inv: Invoice| {
+            let fx = fx.clone();
+            async move {
+                fx.hit();
+                Res::Ok(inv.amount_cents)
+            }
+        },
+    );
+    let a = per_user
+        .call(Invoice {
+            user: 1,
+            amount_cents: 100,
+        })
+        .await
+        .unwrap();
+    let b2 = per_user
+        .call(Invoice {
+            user: 1,
+            amount_cents: 999,
+        })
+        .await
+        .unwrap();
+    let c = per_user
+        .call(Invoice {
+            user: 2,
+            amount_cents: 5,
+        })
+        .await
+        .unwrap();
+    assert_eq!((a, b2, c, fx.count()), (100, 100, 5, 2));
+    assert_eq!(
+        per_user
+            .key(&Invoice {
+                user: 7,
+                amount_cents: 0
+            })
+            .unwrap(),
+        "invoice:7"
+    );
+
+    let by_args = guard.func_args(|inv: Invoice| {
+        let fx = fx.clone();
+        async move {
+            fx.hit();
+            Res::Ok(inv.amount_cents * 2)
+        }
+    });
+    let (x, info) = by_args
+        .call_detailed(Invoice {
+            user: 1,
+            amount_cents: 100,
+        })
+        .await
+        .unwrap();
+    assert_eq!((x, info.disposition), (200, Disposition::Executed));
+    let (y, info) = by_args
+        .call_detailed(Invoice {
+            user: 1,
+            amount_cents: 100,
+        })
+        .await
+        .unwrap();
+    assert_eq!((y, info.disposition), (200, Disposition::Replayed));
+    let z = by_args
+        .call(Invoice {
+            user: 1,
+            amount_cents: 101,
+        })
+        .await
+        .unwrap();
+    assert_eq!((z, fx.count()), (202, 4));
+}
+
+#[tokio::test]
+async fn invalid_keys_are_refused_before_any_store_call() {
+    let (b, _) = manual("s");
+    let guard = b.build();
+    let fx = Effects::default();
+    for bad in ["", "has space", "caf\u{e9}", &"x".repeat(256)] {
+        let err = guard
+            .run(bad, || async { Res::Ok(fx.hit()) })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, GuardError::InvalidKey(_)), "{bad:?}: {err:?}");
+        assert!(matches!(
+            guard.begin(bad, None).await,
+            Err(GuardError::InvalidKey(_))
+        ));
+    }
+    assert_eq!(fx.count(), 0);
+    // A Key converts into a request.
+    let key = idemp::Key::builder("orders").part_u64(17).build();
+    let v: u32 = guard
+        .run(&key, || async { Res::Ok(fx.hit()) })
+        .await
+        .unwrap();
+    let again: u32 = guard
+        .run(key, || async { Res::Ok(fx.hit()) })
+        .await
+        .unwrap();
+    assert_eq!((v, again, fx.count()), (1, 1, 1));
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_waiter_takes_over_when_the_owner_vanishes() {
+    let lease = Duration::from_secs(3);
+    let guard = tokio_time("s")
+        .lease(lease)
+        .on_duplicate(OnDuplicate::Wait(Duration::from_secs(60)))
+        .build();
+    // The owner crashes: claimed, never renewed, never settled.
+    let Begin::Owner(owner) = guard.begin("k", None).await.unwrap() else {
+        panic!("expected ownership")
+    };
+    owner.abandon();
+    let fx = Effects::default();
+    let start = tokio::time::Instant::now();
+    let (v, info) = guard
+        .run_detailed("k", || async { Res::Ok(fx.hit()) })
+        .await
+        .unwrap();
+    // It waited for the lease to pass (not the whole 60 s), then took the key over.
+    assert!(start.elapsed() >= lease && start.elapsed() < Duration::from_secs(60));
+    assert_eq!(
+        (v, info.disposition, info.attempt),
+        (1, Disposition::Executed, 2)
+    );
+    assert!(info.waited && info.takeover.is_some());
+}
+
+/// A store whose `renew` always fails as unreachable (everything else works).
+#[derive(Debug)]
+struct RenewFails(idemp::store::DynStore);
+
+#[async_trait::async_trait]
+impl idemp::store::Store for RenewFails {
+    async fn claim(
+        &self,
+        c: &idemp::store::Claim,
+    ) -> idemp::store::StoreResult<idemp::store::ClaimOutcome> {
+        self.0.claim(c).await
+    }
+    async fn complete(
+        &self,
+        id: &idemp::store::RecordKey,
+        t: u64,
+        o: idemp::store::Outcome,
+        ttl: Duration,
+    ) -> idemp::store::StoreResult<()> {
+        self.0.complete(id, t, o, ttl).await
+    }
+    async fn fail(
+        &self,
+        id: &idemp::store::RecordKey,
+        t: u64,
+        o: idemp::store::Outcome,
+        ttl: Duration,
+    ) -> idemp::store::StoreResult<()> {
+        self.0.fail(id, t, o, ttl).await
+    }
+    async fn release(&self, id: &idemp::store::RecordKey, t: u64) -> idemp::store::StoreResult<()> {
+        self.0.release(id, t).await
+    }
+    async fn renew(
+        &self,
+        _: &idemp::store::RecordKey,
+        _: u64,
+        _: Duration,
+    ) -> idemp::store::StoreResult<u64> {
+        Err(idemp::StoreError::Unavailable("injected".into()))
+    }
+    async fn get(
+        &self,
+        id: &idemp::store::RecordKey,
+    ) -> idemp::store::StoreResult<Option<idemp::store::Record>> {
+        self.0.get(id).await
+    }
+    async fn list(
+        &self,
+        q: &idemp::store::ListQuery,
+    ) -> idemp::store::StoreResult<idemp::store::Page> {
+        self.0.list(q).await
+    }
+    async fn purge(&self, id: &idemp::store::RecordKey) -> idemp::store::StoreResult<bool> {
+        self.0.purge(id).await
+    }
+    async fn sweep(&self) -> idemp::store::StoreResult<u64> {
+        self.0.sweep().await
+    }
+    async fn stats(&self) -> idemp::store::StoreResult<idemp::store::Stats> {
+        self.0.stats().await
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn failing_renewals_for_a_whole_lease_signal_the_work() {
+    let lease = Duration::from_secs(3);
+    let inner = tokio_time("s").build();
+    let guard = idemp::Guard::builder(RenewFails(inner.store().clone()))
+        .scope("s")
+        .lease(lease)
+        .build();
+    let start = tokio::time::Instant::now();
+    let (v, _) = guard
+        .run_with("k", |signal| async move {
+            signal.lost().await;
+            Res::Ok(start.elapsed())
+        })
+        .await
+        .unwrap();
+    // Told once renewals had failed for a whole lease; nobody took the key over, so
+    // the store still accepted the completion.
+    assert!(v >= lease, "{v:?}");
+    assert!(matches!(
+        record(&guard, "k").await.unwrap().state,
+        State::Completed(_)
+    ));
 }

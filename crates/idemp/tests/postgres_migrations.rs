@@ -146,3 +146,42 @@ async fn unreachable_servers_and_bad_settings_are_clear_errors() {
         .unwrap_err();
     assert!(matches!(err, StoreError::Invalid(_)), "{err}");
 }
+
+#[tokio::test]
+async fn version_1_is_upgraded_and_loses_the_expiry_index() {
+    let schema = unique_schema();
+    let _g = SchemaGuard(schema.clone());
+    drop(connect(options(&schema)).await);
+    let c = client().await;
+    // Put the schema back the way version 1 left it.
+    c.batch_execute(&format!(
+        "CREATE INDEX records_expires_at ON \"{schema}\".records (expires_at);
+         UPDATE \"{schema}\".schema_version SET version = 1"
+    ))
+    .await
+    .unwrap();
+    let store = connect(options(&schema)).await;
+    let version: i32 = c
+        .query_one(
+            &format!("SELECT version FROM \"{schema}\".schema_version"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, SCHEMA_VERSION);
+    let index: bool = c
+        .query_one(
+            "SELECT to_regclass($1::text) IS NOT NULL",
+            &[&format!("\"{schema}\".records_expires_at")],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!index);
+    let id = RecordKey::new("m", "after-upgrade");
+    assert!(matches!(
+        store.claim(&Claim::new(id)).await.unwrap(),
+        ClaimOutcome::Acquired { .. }
+    ));
+}

@@ -323,19 +323,30 @@ async fn sweep_works_in_batches() {
     let store = connect(
         options(&schema)
             .clock(Some(Arc::new(clock.clone())))
-            .sweep_batch(7),
+            .sweep_batch(1),
     )
     .await;
-    for i in 0..50 {
-        let k = id(&format!("k{i:02}"));
+    // Enough rows to fill several pages: the sweep walks them one page per statement.
+    for i in 0..300 {
+        let k = id(&format!("k{i:03}"));
         let (t, ..) = acquired(store.claim(&Claim::new(k.clone())).await.unwrap());
         store
             .complete(&k, t, json("1"), Duration::from_secs(1))
             .await
             .unwrap();
     }
+    let c = client().await;
+    let pages: i64 = c
+        .query_one(
+            &format!("SELECT pg_relation_size('\"{schema}\".records') / 8192"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(pages > 1, "{pages} page(s)");
     clock.advance(Duration::from_secs(2));
-    assert_eq!(store.sweep().await.unwrap(), 50);
+    assert_eq!(store.sweep().await.unwrap(), 300);
     assert_eq!(store.sweep().await.unwrap(), 0);
 }
 

@@ -166,6 +166,39 @@ async fn settled_or_missing_records_return_at_once_and_timeouts_return_the_recor
         .unwrap()
         .unwrap();
     assert!(rec.state.is_settled());
+    // An unrepresentable timeout means "no deadline", not a panic.
+    let rec = store.wait(&id, Duration::MAX).await.unwrap().unwrap();
+    assert!(rec.state.is_settled());
+    assert_eq!(store.wait(&missing, Duration::MAX).await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_without_deadline_is_woken() {
+    let (store, _g) = notified_only().await;
+    let id = RecordKey::new("w", "forever");
+    let token = claim(&store, &id).await;
+    let waiter = {
+        let store = store.clone();
+        let id = id.clone();
+        tokio::spawn(async move { store.wait(&id, Duration::MAX).await.unwrap() })
+    };
+    // Subscribed and watched (by this waiter or the helper's).
+    let _others = waiters(&store, &id, 1).await;
+    store
+        .complete(
+            &id,
+            token,
+            Outcome::new(Codec::Raw, vec![9]),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    let rec = tokio::time::timeout(Duration::from_secs(30), waiter)
+        .await
+        .expect("not woken")
+        .unwrap()
+        .unwrap();
+    assert!(rec.state.is_settled());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use idemp::store::redis::{RedisOptions, RedisStore};
-use idemp::store::{Claim, ClaimOutcome, Codec, Outcome, RecordKey, State, Store, StoreUrl};
+use idemp::store::{
+    Claim, ClaimOutcome, Codec, Outcome, RecordKey, State, Store, StoreError, StoreUrl,
+};
 use parking_lot::Mutex;
 use redis_support::*;
 
@@ -86,6 +88,13 @@ where
                                     .await
                                 {
                                     Ok(()) => {
+                                        state.completed.fetch_add(1, Ordering::SeqCst);
+                                        break;
+                                    }
+                                    // our settle landed but its reply was lost
+                                    Err(StoreError::Fenced {
+                                        current: Some(c), ..
+                                    }) if c == token => {
                                         state.completed.fetch_add(1, Ordering::SeqCst);
                                         break;
                                     }
@@ -169,8 +178,9 @@ async fn wait_for_completions(s: &Storm, n: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_restart_mid_storm_runs_nothing_twice_and_recovers() {
-    let server = Arc::new(Mutex::new(PrivateRedis::start(&[])));
-    let store = Arc::new(private_store(&server.lock(), &unique_prefix("restart")).await);
+    let private = PrivateRedis::start(&[]);
+    let store = Arc::new(private_store(&private, &unique_prefix("restart")).await);
+    let server = Arc::new(Mutex::new(private));
     let keys = 400;
     let srv = server.clone();
     let s = storm(store.clone(), keys, 64, |s| async move {

@@ -149,17 +149,21 @@ async fn compare_and_set_fences_stale_tokens() {
         store.renew(&rid, t3, ttl).await,
         Err(StoreError::Fenced { .. })
     ));
-    // the same settle again (a retry after a lost reply) is accepted and changes nothing
-    store
-        .complete(&rid, t3, Outcome::new(Codec::Raw, b"second".to_vec()), ttl)
-        .await
-        .unwrap();
+    // a settled record has no owner, not even the token that settled it (a retry after
+    // a lost reply learns that its settle landed: current is its own token)
+    for r in [
+        store
+            .complete(&rid, t3, Outcome::new(Codec::Raw, b"second".to_vec()), ttl)
+            .await,
+        store.fail(&rid, t3, out.clone(), ttl).await,
+    ] {
+        assert!(
+            matches!(r, Err(StoreError::Fenced { current: Some(t), .. }) if t == t3),
+            "{r:?}"
+        );
+    }
     let rec = store.get(&rid).await.unwrap().unwrap();
-    assert_eq!(rec.state, State::Completed(out.clone()));
-    // but the other settle is fenced
-    assert!(
-        matches!(store.fail(&rid, t3, out, ttl).await, Err(StoreError::Fenced { current: Some(t), .. }) if t == t3)
-    );
+    assert_eq!(rec.state, State::Completed(out));
 }
 
 #[tokio::test]

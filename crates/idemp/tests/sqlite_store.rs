@@ -454,3 +454,78 @@ async fn a_held_write_lock_delays_then_reports_unavailable() {
     // Reads are never blocked by a writer (WAL).
     assert!(impatient.get(&id("x")).await.unwrap().is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_operation_does_not_fail_its_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("poison.db")).unwrap();
+    // A trigger makes every write of one key fail with a database error.
+    store
+        .connection()
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER poison BEFORE INSERT ON idemp_records WHEN NEW.key = 'poison'
+             BEGIN SELECT RAISE(ABORT, 'poisoned key'); END;",
+        )
+        .unwrap();
+    // Many concurrent claims share batches with the poisoned one.
+    let handles: Vec<_> = (0..64)
+        .map(|i| {
+            let store = store.clone();
+            let key = if i == 17 {
+                "poison".to_string()
+            } else {
+                format!("k{i}")
+            };
+            tokio::spawn(async move { (key.clone(), store.claim(&Claim::new(id(&key))).await) })
+        })
+        .collect();
+    for h in handles {
+        let (key, result) = h.await.unwrap();
+        match (key.as_str(), result) {
+            ("poison", Err(StoreError::Backend(e))) => {
+                assert!(e.to_string().contains("poisoned key"), "{e}")
+            }
+            ("poison", other) => panic!("poison: {other:?}"),
+            (_, Ok(ClaimOutcome::Acquired { .. })) => {}
+            (k, other) => panic!("{k}: {other:?}"),
+        }
+    }
+    assert_eq!(store.stats().await.unwrap().in_progress, 63);
+    let gc = store.group_commit_stats();
+    assert_eq!(gc.operations, 63, "only the committed operations count");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_cancelled_before_it_runs_is_skipped() {
+    use idemp::store::sqlite::rusqlite::TransactionBehavior;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("cancel.db")).unwrap();
+    // Hold the write lock so that the writer cannot run anything yet.
+    let mut conn = store.connection().unwrap();
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .unwrap();
+    let first = {
+        let store = store.clone();
+        tokio::spawn(async move { store.claim(&Claim::new(id("first"))).await })
+    };
+    // Sent, then abandoned by its caller while the writer waits for the lock.
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(50),
+        store.claim(&Claim::new(id("cancelled"))),
+    )
+    .await;
+    assert!(cancelled.is_err(), "the claim cannot have run yet");
+    tx.rollback().unwrap();
+    assert!(matches!(
+        first.await.unwrap().unwrap(),
+        ClaimOutcome::Acquired { .. }
+    ));
+    // Nobody owns a record for the cancelled claim.
+    assert!(store.get(&id("cancelled")).await.unwrap().is_none());
+    assert!(matches!(
+        store.claim(&Claim::new(id("cancelled"))).await.unwrap(),
+        ClaimOutcome::Acquired { attempt: 1, .. }
+    ));
+}

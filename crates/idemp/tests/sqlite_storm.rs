@@ -110,6 +110,19 @@ async fn storm_each_effect_once_every_caller_same_value() {
             "key {k}: different values {vs:?}"
         );
     }
+    // Every claim and every completion went through a writer's transactions.
+    let gc: Vec<_> = stores.iter().map(|s| s.group_commit_stats()).collect();
+    let ops: u64 = gc.iter().map(|g| g.operations).sum();
+    assert_eq!(ops, (KEYS * CONTENDERS + KEYS) as u64);
+    assert!(
+        gc.iter()
+            .all(|g| g.commits <= g.operations && g.commits > 0)
+    );
+    eprintln!(
+        "operations per commit: {:.1} and {:.1}",
+        gc[0].ops_per_commit(),
+        gc[1].ops_per_commit()
+    );
     let stats = stores[0].stats().await.unwrap();
     assert_eq!(stats.completed, KEYS as u64);
     assert_eq!(stats.in_progress + stats.ambiguous, 0);

@@ -138,7 +138,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let (c1, c2) = (ManualClock::new(start), ManualClock::new(start));
     let sqlite = SqliteStore::builder(dir.path().join("diff.db"))
         .clock(Arc::new(c1.clone()))
-        // Same semantics as FULL; fewer fsyncs keep the 128 cases fast.
+        // Same semantics as FULL; fewer fsyncs keep the cases fast.
         .synchronous(Synchronous::Normal)
         .open()
         .unwrap();
@@ -286,7 +286,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
     #[test]
     fn sqlite_store_answers_like_the_memory_store(ops in proptest::collection::vec(op(), 1..50)) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

@@ -104,7 +104,8 @@ impl BlockingGuard {
         };
         core.handle = Some(self.handle.clone());
 
-        let signal = LeaseSignal::new();
+        // The closure cannot observe a signal; the store refuses a fenced completion.
+        let signal = LeaseSignal::inert();
         let beat = {
             let store = self.guard.inner.store.clone();
             let id = core.id.clone();

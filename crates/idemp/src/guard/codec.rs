@@ -20,7 +20,12 @@ use super::compress;
 /// JSON is the default: it round-trips every serde type (including
 /// `serde_json::Value`, untagged enums and `#[serde(flatten)]`, which postcard
 /// cannot decode), and stored records stay readable with `idemp records`.
-/// Postcard is smaller and somewhat faster (see `benches/guard.rs`) for plain structs.
+/// Postcard is smaller and faster for plain structs: on a 3-field receipt, 13 bytes
+/// instead of 50, and an encode+decode round trip of ~90 ns instead of ~185 ns of
+/// thread CPU time (`benches/guard.rs`, group `codec`); through the whole guard a
+/// fresh claim+complete costs about the same with either (~0.9 µs) and a replay
+/// ~360 ns instead of ~430 ns. Choose it when results are plain structs and every
+/// nanosecond counts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ValueCodec {

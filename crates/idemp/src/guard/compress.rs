@@ -1,9 +1,11 @@
 //! Compression of large stored outcomes (feature `compression`: LZ4 via `lz4_flex`).
 //!
 //! LZ4 was chosen over zstd after measuring both on a 64 KiB JSON outcome (see
-//! `benches/guard.rs`, group `compress`): LZ4 compresses and decompresses several times
-//! faster, is pure Rust (no C toolchain), and the guard's goal is latency, not the last
-//! bytes of storage. Records compressed with zstd by another writer are reported as
+//! `benches/guard.rs`, group `compress`, thread CPU time): LZ4 compresses in ~38 µs
+//! and decompresses in ~18 µs, zstd level 1 in ~100 µs and ~44 µs (2.4–2.6× slower);
+//! zstd's output is half the size (11.8 % of the input against 22.5 %). LZ4 is also
+//! pure Rust (no C toolchain), and the guard's goal is latency, not the last bytes of
+//! storage. Records compressed with zstd by another writer are reported as
 //! [`CodecError::UnsupportedCompression`].
 
 use crate::store::{Codec, Compression, Outcome};

@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Millis;
+use crate::key::KeyError;
 use crate::store::{Fingerprint, RecordKey, StoreError, Token};
 
 use super::codec::CodecError;
@@ -27,6 +28,7 @@ use super::codec::CodecError;
 /// | `Failed` | an earlier execution failed and failures are sticky | the stored error |
 /// | `Ambiguous` | an earlier owner's lease passed mid-run (`OnAmbiguous::Surface`) | 409, then [`Guard::resolve`](super::Guard::resolve) |
 /// | `LeaseLost` | this call ran, but lost its lease; its result was **not** stored | 500 / retry |
+/// | `InvalidKey` | the key is empty, too long or not visible ASCII | 400 |
 /// | `Store`, `Codec`, `Reconcile` | infrastructure errors | 503 / 500 |
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -98,6 +100,9 @@ pub enum GuardError<E = Infallible> {
         /// The reconcile function's error, as text.
         message: String,
     },
+    /// The key is not a valid idempotency key (1–255 bytes of visible ASCII).
+    #[error(transparent)]
+    InvalidKey(#[from] KeyError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -152,6 +157,7 @@ impl GuardError<Infallible> {
             GuardError::LeaseLost { id, token } => GuardError::LeaseLost { id, token },
             GuardError::Rejected { id, state } => GuardError::Rejected { id, state },
             GuardError::Reconcile { id, message } => GuardError::Reconcile { id, message },
+            GuardError::InvalidKey(e) => GuardError::InvalidKey(e),
             GuardError::Store(e) => GuardError::Store(e),
             GuardError::Codec(e) => GuardError::Codec(e),
         }

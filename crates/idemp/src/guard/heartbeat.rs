@@ -21,8 +21,8 @@ use crate::store::{RecordKey, Store, StoreError, Token};
 ///
 /// Cheap to clone. Cooperative work checks [`is_lost`](Self::is_lost) or selects on
 /// [`lost`](Self::lost) and stops: its result would not be recorded anyway.
-#[derive(Clone, Debug, Default)]
-pub struct LeaseSignal(Arc<SignalInner>);
+#[derive(Clone, Debug)]
+pub struct LeaseSignal(Option<Arc<SignalInner>>);
 
 #[derive(Debug, Default)]
 struct SignalInner {
@@ -30,24 +30,41 @@ struct SignalInner {
     notify: Notify,
 }
 
+impl Default for LeaseSignal {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl LeaseSignal {
     /// A signal that has not fired.
     pub fn new() -> Self {
-        Self::default()
+        Self(Some(Arc::default()))
+    }
+
+    /// A signal nobody listens to (for calls whose work does not take one): firing
+    /// it does nothing, and it costs no allocation.
+    pub(crate) fn inert() -> Self {
+        Self(None)
     }
 
     /// Whether the lease is known to be lost.
     pub fn is_lost(&self) -> bool {
-        self.0.lost.load(Ordering::Acquire)
+        self.0
+            .as_ref()
+            .is_some_and(|s| s.lost.load(Ordering::Acquire))
     }
 
     /// Resolves once the lease is lost (never, if it is kept until the work ends).
     pub async fn lost(&self) {
+        let Some(inner) = &self.0 else {
+            return std::future::pending().await;
+        };
         loop {
-            let notified = self.0.notify.notified();
+            let notified = inner.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.is_lost() {
+            if inner.lost.load(Ordering::Acquire) {
                 return;
             }
             notified.await;
@@ -56,8 +73,10 @@ impl LeaseSignal {
 
     /// Fires the signal.
     pub(crate) fn fire(&self) {
-        self.0.lost.store(true, Ordering::Release);
-        self.0.notify.notify_waiters();
+        if let Some(inner) = &self.0 {
+            inner.lost.store(true, Ordering::Release);
+            inner.notify.notify_waiters();
+        }
     }
 }
 

@@ -99,7 +99,7 @@ impl LeaseCore {
         self.armed = false;
         let res = self
             .inner
-            .store
+            .backend()
             .complete(&self.id, self.token, outcome, self.inner.opts.ttl)
             .await;
         self.map_fenced(res)
@@ -110,7 +110,7 @@ impl LeaseCore {
         self.armed = false;
         let res = self
             .inner
-            .store
+            .backend()
             .fail(&self.id, self.token, outcome, self.inner.opts.ttl)
             .await;
         self.map_fenced(res)
@@ -119,7 +119,7 @@ impl LeaseCore {
     /// Deletes the in-progress record so the key may run again.
     pub(crate) async fn release(&mut self) -> Result<(), GuardError> {
         self.armed = false;
-        let res = self.inner.store.release(&self.id, self.token).await;
+        let res = self.inner.backend().release(&self.id, self.token).await;
         self.map_fenced(res)
     }
 
@@ -175,7 +175,7 @@ impl Drop for LeaseCore {
                 let id = std::mem::replace(&mut self.id, RecordKey::new("", ""));
                 let token = self.token;
                 handle.spawn(async move {
-                    if let Err(e) = store.release(&id, token).await {
+                    if let Err(e) = (*store).release(&id, token).await {
                         tracing::debug!(%id, token, error = %e, "release after cancellation failed");
                     }
                 });
@@ -215,9 +215,18 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// Wraps an acquired core and starts its heartbeat on `handle`.
-    pub(crate) fn start(mut core: LeaseCore, handle: Handle) -> Self {
+    /// Wraps an acquired core and starts its heartbeat on the current tokio runtime
+    /// (without one, the lease is not renewed and simply passes).
+    pub(crate) fn start(mut core: LeaseCore) -> Self {
         let signal = LeaseSignal::new();
+        let Ok(handle) = Handle::try_current() else {
+            tracing::warn!(id = %core.id, "no tokio runtime: the lease will not be renewed");
+            return Self {
+                core,
+                signal,
+                heartbeat: None,
+            };
+        };
         let store = core.inner.store.clone();
         let id = core.id.clone();
         let token = core.token;

@@ -52,7 +52,8 @@
 //!
 //! * the closure API: [`Guard::run`], [`run_with`](Guard::run_with) (the work gets a
 //!   [`LeaseSignal`]), [`run_detailed`](Guard::run_detailed) (returns [`RunInfo`]),
-//!   [`run_args`](Guard::run_args) (key derived from serializable arguments);
+//!   [`run_args`](Guard::run_args) (key derived from serializable arguments), and
+//!   [`Guard::func`] / [`Guard::func_args`], a guarded function (the decorator);
 //! * the manual API: [`Guard::begin`] → [`Begin::Owner`]`(`[`Lease`]`)`, for work that
 //!   does not fit a closure (HTTP layers, queue consumers);
 //! * the blocking API: [`Guard::blocking`] → [`BlockingGuard`], for sync code.
@@ -61,6 +62,7 @@ mod blocking;
 mod codec;
 mod compress;
 mod error;
+mod func;
 mod heartbeat;
 mod manual;
 mod options;
@@ -75,9 +77,9 @@ use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::FutureExt;
+use futures_util::future::Either;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tracing::Instrument;
 
 use crate::store::{
     Claim, ClaimOutcome, Codec, DynStore, Fingerprint, Outcome, Record, RecordKey, State, Store,
@@ -87,6 +89,7 @@ use crate::store::{
 pub use blocking::BlockingGuard;
 pub use codec::{CodecError, ValueCodec};
 pub use error::{GuardError, StoredFailure};
+pub use func::GuardedFn;
 pub use heartbeat::LeaseSignal;
 pub use manual::{Begin, Lease, Replay, Resolution, Resolved};
 pub use options::{GuardBuilder, OnAmbiguous, OnDuplicate, OnFailure, OnInterrupt, Reconciler};
@@ -109,6 +112,15 @@ pub(crate) struct Inner {
     pub(crate) opts: Options,
 }
 
+impl Inner {
+    /// The store as a trait object: calling through `&dyn Store` directly avoids the
+    /// extra boxed future of the `Arc<S>` forwarding impl.
+    #[inline]
+    pub(crate) fn backend(&self) -> &dyn Store {
+        &*self.store
+    }
+}
+
 impl fmt::Debug for Guard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Guard")
@@ -122,6 +134,9 @@ impl fmt::Debug for Guard {
             .finish_non_exhaustive()
     }
 }
+
+/// The key-builder scope of [`Guard::key_for_args`].
+const ARGS_KEY_DOMAIN: &str = "idemp.guard.args.v1";
 
 /// One call's identity: the key and, optionally, the payload fingerprint.
 ///
@@ -162,6 +177,16 @@ impl From<&str> for Request {
 impl From<String> for Request {
     fn from(key: String) -> Self {
         Self::new(key)
+    }
+}
+impl From<crate::Key> for Request {
+    fn from(key: crate::Key) -> Self {
+        Self::new(key.into_string())
+    }
+}
+impl From<&crate::Key> for Request {
+    fn from(key: &crate::Key) -> Self {
+        Self::new(key.as_str())
     }
 }
 impl From<&String> for Request {
@@ -205,6 +230,9 @@ impl RunInfo {
     }
 }
 
+/// The rare, boxed continuations of `Guard::acquire`.
+type SlowPath<'a> = Pin<Box<dyn Future<Output = Result<Acquired, GuardError>> + Send + 'a>>;
+
 /// The next step after one claim (see `Guard::classify`).
 enum Step {
     Done(Acquired),
@@ -224,7 +252,12 @@ pub(crate) enum Acquired {
 
 impl Guard {
     /// Starts building a guard over `store` (any [`Store`], or a shared
-    /// [`DynStore`](crate::store::DynStore)).
+    /// [`DynStore`]).
+    ///
+    /// To share one store between guards, pass a `DynStore` (`Arc<dyn Store>`, e.g.
+    /// `guard.store().clone()`): it is used as is. An `Arc<MyStore>` also works, but
+    /// every call then goes through one more forwarding layer; coerce it first
+    /// (`let shared: DynStore = arc;`).
     pub fn builder<S: Store>(store: S) -> GuardBuilder {
         GuardBuilder::new(options::into_dyn_store(store))
     }
@@ -234,7 +267,7 @@ impl Guard {
         &self.inner.scope
     }
 
-    /// The store.
+    /// The store (for inspection: `get`, `list`, `purge`…).
     pub fn store(&self) -> &DynStore {
         &self.inner.store
     }
@@ -244,9 +277,11 @@ impl Guard {
         RecordKey::new(self.inner.scope.as_str(), key)
     }
 
-    /// The key derived from serializable arguments: `ik_` + 32 hex of the SHA-256 of
-    /// a domain tag and the RFC 8785 canonical JSON of `args` (object key order never
-    /// matters). Used by [`run_args`](Self::run_args).
+    /// The key derived from serializable arguments: the injective
+    /// [`Key::builder`](crate::Key::builder) over the scope `"idemp.guard.args.v1"`
+    /// and one part, the RFC 8785 canonical JSON of `args` (object key order never
+    /// matters): `ik_` + 32 hex. Used by [`run_args`](Self::run_args) and
+    /// [`func_args`](Self::func_args).
     ///
     /// ```
     /// use idemp::Guard;
@@ -256,7 +291,6 @@ impl Guard {
     /// assert!(a.starts_with("ik_") && a.len() == 35);
     /// ```
     pub fn key_for_args<A: Serialize + ?Sized>(args: &A) -> Result<String, CodecError> {
-        use sha2::Digest;
         let value = serde_json::to_value(args).map_err(|e| CodecError::Encode {
             codec: Codec::Json,
             message: e.to_string(),
@@ -264,11 +298,10 @@ impl Guard {
         // RFC 8785 canonical JSON: object key order never matters.
         let mut canonical = Vec::with_capacity(128);
         crate::canon::write_jcs_value(&value, &mut canonical);
-        let mut h = sha2::Sha256::new();
-        h.update(b"idemp.guard.args.v1\0");
-        h.update(&canonical);
-        let digest = h.finalize();
-        Ok(format!("ik_{}", hex::encode(&digest[..16])))
+        Ok(crate::Key::builder(ARGS_KEY_DOMAIN)
+            .part(&canonical)
+            .build()
+            .into_string())
     }
 
     /// Runs `op` at most once for `request` (a key, or a [`Request`] with a
@@ -286,7 +319,9 @@ impl Guard {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        self.execute(request.into(), |_| op()).await.map(|(v, _)| v)
+        self.execute(request.into(), false, |_| op())
+            .await
+            .map(|(v, _)| v)
     }
 
     /// [`run`](Self::run) with a payload fingerprint: a later call with the same key
@@ -319,7 +354,7 @@ impl Guard {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        self.execute(request.into(), |_| op()).await
+        self.execute(request.into(), false, |_| op()).await
     }
 
     /// [`run_detailed`](Self::run_detailed) where the work gets a [`LeaseSignal`] that
@@ -336,7 +371,7 @@ impl Guard {
         F: FnOnce(LeaseSignal) -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        self.execute(request.into(), op).await
+        self.execute(request.into(), true, op).await
     }
 
     /// Runs `op(args)` at most once per value of `args`: the key is
@@ -358,6 +393,14 @@ impl Guard {
     ///
     /// The guard's `on_duplicate` (`Reject` → error, `Wait` → waits) and
     /// `on_ambiguous` policies apply as in [`run`](Self::run).
+    ///
+    /// For ports of check-then-mark APIs (agentidemp's `IdempotencyStore`): `begin`
+    /// is `is_processed` + `get_result` + `mark_in_progress` in one atomic step
+    /// ([`Begin::Completed`] is "processed, here is the result"; [`Begin::Owner`] is
+    /// "now marked in progress by you"), and [`Lease::complete`] /
+    /// [`Lease::fail`] / [`Lease::release`] are `mark_complete` / `mark_failed`
+    /// (sticky) / "failed, may retry". There is deliberately no separate
+    /// check-then-mark: the gap between the two is where duplicates slip in.
     pub async fn begin(
         &self,
         key: impl AsRef<str>,
@@ -365,9 +408,7 @@ impl Guard {
     ) -> Result<Begin, GuardError> {
         let acquired = self.acquire(key.as_ref().to_owned(), fingerprint).await?;
         Ok(match acquired {
-            Acquired::Owner(core, _) => {
-                Begin::Owner(Lease::start(core, tokio::runtime::Handle::current()))
-            }
+            Acquired::Owner(core, _) => Begin::Owner(Lease::start(core)),
             Acquired::Completed(outcome, info) => Begin::Completed(Replay {
                 outcome,
                 max_outcome_bytes: self.inner.opts.encode.max_outcome_bytes,
@@ -393,6 +434,7 @@ impl Guard {
         key: impl AsRef<str>,
         resolution: Resolution<T>,
     ) -> Result<Resolved, GuardError> {
+        crate::key::validate(key.as_ref())?;
         let opts = &self.inner.opts;
         let claim = Claim {
             id: self.record_key(key.as_ref()),
@@ -401,7 +443,7 @@ impl Guard {
             ttl: opts.ttl,
             take_over_expired: true,
         };
-        match self.inner.store.claim(&claim).await? {
+        match self.inner.backend().claim(&claim).await? {
             ClaimOutcome::Acquired {
                 token,
                 lease_until,
@@ -465,6 +507,7 @@ impl Guard {
         key: String,
         fingerprint: Option<Fingerprint>,
     ) -> Result<Acquired, GuardError> {
+        crate::key::validate(&key)?;
         let inner = &self.inner;
         let opts = &inner.opts;
         let mut claim = Claim {
@@ -481,12 +524,15 @@ impl Guard {
             OnDuplicate::Wait(timeout) => Some(tokio::time::Instant::now() + timeout),
             _ => None,
         };
-        let found = inner.store.claim(&claim).await?;
-        match self.classify(&mut claim, found, false, deadline)? {
-            Step::Done(acquired) => Ok(acquired),
-            Step::Reconcile(core) => Box::pin(self.reconcile(core, false)).await,
-            Step::Wait(wait_for) => Box::pin(self.wait_and_claim(claim, deadline, wait_for)).await,
-        }
+        let found = inner.backend().claim(&claim).await?;
+        // Only the boxed future is kept across the await below (a match on the
+        // classification would keep it, 200 bytes, in this future's state).
+        let slow: SlowPath<'_> = match self.classify(&mut claim, found, false, deadline)? {
+            Step::Done(acquired) => return Ok(acquired),
+            Step::Reconcile(core) => Box::pin(self.reconcile(core, false)),
+            Step::Wait(wait_for) => Box::pin(self.wait_and_claim(claim, deadline, wait_for)),
+        };
+        slow.await
     }
 
     /// `OnDuplicate::Wait`: waits for the running execution (woken by the store),
@@ -499,8 +545,8 @@ impl Guard {
     ) -> Result<Acquired, GuardError> {
         loop {
             tracing::debug!(id = %claim.id, ?wait_for, "waiting for the running execution");
-            self.inner.store.wait(&claim.id, wait_for).await?;
-            let found = self.inner.store.claim(&claim).await?;
+            self.inner.backend().wait(&claim.id, wait_for).await?;
+            let found = self.inner.backend().claim(&claim).await?;
             match self.classify(&mut claim, found, true, deadline)? {
                 Step::Done(acquired) => return Ok(acquired),
                 Step::Reconcile(core) => return self.reconcile(core, true).await,
@@ -645,25 +691,12 @@ impl Guard {
         }
     }
 
+    /// The closure API's body. (No span wraps it: every event carries the record
+    /// id, and a wrapper would add a layer to a future moved on every call.)
     async fn execute<T, E, F, Fut>(
         &self,
         request: Request,
-        op: F,
-    ) -> Result<(T, RunInfo), GuardError<E>>
-    where
-        T: Serialize + DeserializeOwned,
-        E: fmt::Display + 'static,
-        F: FnOnce(LeaseSignal) -> Fut,
-        Fut: Future<Output = Result<T, E>>,
-    {
-        let span =
-            tracing::debug_span!("idemp.guard", scope = %self.inner.scope, key = %request.key);
-        self.execute_inner(request, op).instrument(span).await
-    }
-
-    async fn execute_inner<T, E, F, Fut>(
-        &self,
-        request: Request,
+        with_signal: bool,
         op: F,
     ) -> Result<(T, RunInfo), GuardError<E>>
     where
@@ -685,7 +718,11 @@ impl Guard {
         // Run the work with the heartbeat polled next to it: no task is spawned, and
         // the heartbeat (its timer and its box) only exists once the work has returned
         // `Pending` on its first poll.
-        let signal = LeaseSignal::new();
+        let signal = if with_signal {
+            LeaseSignal::new()
+        } else {
+            LeaseSignal::inert()
+        };
         let result = {
             let mut work = std::pin::pin!(AssertUnwindSafe(op(signal.clone())).catch_unwind());
             let mut beat: Option<Pin<Box<dyn Future<Output = Infallible> + Send + '_>>> = None;
@@ -747,61 +784,90 @@ impl Guard {
     }
 
     /// Records the work's result: completes (returning the value decoded from the
-    /// stored bytes), or releases / stores the failure.
-    pub(crate) async fn settle<T, E>(
+    /// stored bytes), or releases / stores the failure. The failure path is boxed so
+    /// that the success path's future stays small.
+    pub(crate) fn settle<'a, T, E>(
+        &'a self,
+        core: LeaseCore,
+        result: Result<T, E>,
+        info: RunInfo,
+    ) -> impl Future<Output = Result<(T, RunInfo), GuardError<E>>> + 'a
+    where
+        T: Serialize + DeserializeOwned + 'a,
+        E: fmt::Display + 'static,
+    {
+        match result {
+            Ok(value) => Either::Left(self.complete_value(core, value, info)),
+            Err(error) => Either::Right(Box::pin(self.settle_failure(core, error))),
+        }
+    }
+
+    /// Encodes, decodes back (the first caller gets what replays get), completes.
+    async fn complete_value<T, E>(
         &self,
         mut core: LeaseCore,
-        result: Result<T, E>,
+        value: T,
         info: RunInfo,
     ) -> Result<(T, RunInfo), GuardError<E>>
     where
         T: Serialize + DeserializeOwned,
-        E: fmt::Display + 'static,
     {
         let opts = &self.inner.opts;
-        match result {
-            Ok(value) => {
-                let outcome = match opts.encode.encode(&value) {
-                    Ok(outcome) => outcome,
-                    Err(e) => {
-                        // The effect happened but its result cannot be stored: record
-                        // that as a failure so the key never runs again.
-                        tracing::error!(id = %core.id, error = %e, "result cannot be encoded");
-                        let failure = StoredFailure::new(e.to_string()).kind("idemp::codec");
-                        match failure_outcome(&failure) {
-                            Ok(o) => {
-                                let _ = core.fail(o).await;
-                            }
-                            Err(_) => core.abandon(),
-                        }
-                        return Err(GuardError::Codec(e));
-                    }
-                };
-                let decoded = codec::decode::<T>(&outcome, opts.encode.max_outcome_bytes);
-                core.complete(outcome).await.map_err(GuardError::widen)?;
-                tracing::debug!(id = %core.id, token = core.token, "completed");
-                Ok((decoded?, info))
+        let encoded = opts.encode.encode(&value);
+        drop(value);
+        let outcome = match encoded {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                let record = Box::pin(Self::record_unencodable(core, e));
+                return Err(record.await);
             }
-            Err(error) => {
-                let settled = match opts.on_failure {
-                    OnFailure::Release => core.release().await,
-                    OnFailure::Sticky => {
-                        let failure = StoredFailure::from_error(&error);
-                        match failure_outcome(&failure) {
-                            Ok(o) => core.fail(o).await,
-                            Err(e) => {
-                                core.abandon();
-                                Err(GuardError::Codec(e))
-                            }
-                        }
-                    }
-                };
-                if let Err(e) = settled {
-                    tracing::warn!(id = %core.id, token = core.token, error = %e, "could not settle the failed execution");
-                }
-                Err(GuardError::Operation(error))
+        };
+        let decoded = codec::decode::<T>(&outcome, opts.encode.max_outcome_bytes);
+        core.complete(outcome).await.map_err(GuardError::widen)?;
+        tracing::debug!(id = %core.id, token = core.token, "completed");
+        Ok((decoded?, info))
+    }
+
+    /// The effect happened but its result cannot be encoded: record that as a
+    /// failure so the key never runs again.
+    async fn record_unencodable<E>(mut core: LeaseCore, e: CodecError) -> GuardError<E> {
+        tracing::error!(id = %core.id, error = %e, "result cannot be encoded");
+        let failure = StoredFailure::new(e.to_string()).kind("idemp::codec");
+        match failure_outcome(&failure) {
+            Ok(o) => {
+                let _ = core.fail(o).await;
             }
+            Err(_) => core.abandon(),
         }
+        GuardError::Codec(e)
+    }
+
+    /// The operation failed: release the key, or store the failure (sticky).
+    async fn settle_failure<T, E>(
+        &self,
+        mut core: LeaseCore,
+        error: E,
+    ) -> Result<(T, RunInfo), GuardError<E>>
+    where
+        E: fmt::Display + 'static,
+    {
+        let settled = match self.inner.opts.on_failure {
+            OnFailure::Release => core.release().await,
+            OnFailure::Sticky => {
+                let failure = StoredFailure::from_error(&error);
+                match failure_outcome(&failure) {
+                    Ok(o) => core.fail(o).await,
+                    Err(e) => {
+                        core.abandon();
+                        Err(GuardError::Codec(e))
+                    }
+                }
+            }
+        };
+        if let Err(e) = settled {
+            tracing::warn!(id = %core.id, token = core.token, error = %e, "could not settle the failed execution");
+        }
+        Err(GuardError::Operation(error))
     }
 }
 

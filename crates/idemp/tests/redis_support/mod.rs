@@ -114,8 +114,12 @@ impl PrivateRedis {
     /// Starts `redis-server` on a free port, with AOF (`appendfsync always`) in a
     /// temporary directory, plus `extra` arguments (`["--appendonly", "no"]`…).
     pub fn start(extra: &[&str]) -> Self {
+        Self::start_on(free_port(), extra)
+    }
+
+    /// Like [`start`](Self::start), on a given port.
+    pub fn start_on(port: u16, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
         let mut args: Vec<String> = vec![
             "--port".into(),
             port.to_string(),
@@ -174,12 +178,11 @@ impl PrivateRedis {
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            if let Ok(client) = redis::Client::open(self.url()) {
-                if let Ok(mut c) = client.get_connection_with_timeout(Duration::from_millis(200)) {
-                    if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                        return;
-                    }
-                }
+            if let Ok(client) = redis::Client::open(self.url())
+                && let Ok(mut c) = client.get_connection_with_timeout(Duration::from_millis(200))
+                && redis::cmd("PING").query::<String>(&mut c).is_ok()
+            {
+                return;
             }
             assert!(
                 Instant::now() < deadline,
@@ -223,5 +226,97 @@ impl PrivateRedis {
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// A private 3-master Redis Cluster (`--cluster-enabled yes`, no replicas), built with
+/// `redis-cli --cluster create`; killed on drop.
+pub struct PrivateCluster {
+    pub nodes: Vec<PrivateRedis>,
+}
+
+/// A port `p` such that `p` and its cluster bus port `p + 10000` are both free.
+fn free_cluster_port() -> u16 {
+    for _ in 0..1000 {
+        let Ok(l) = TcpListener::bind("127.0.0.1:0") else {
+            continue;
+        };
+        let Ok(addr) = l.local_addr() else { continue };
+        let p = addr.port();
+        let candidate = 20_000 + p % 20_000;
+        drop(l);
+        if TcpListener::bind(("127.0.0.1", candidate)).is_ok()
+            && TcpListener::bind(("127.0.0.1", candidate + 10_000)).is_ok()
+        {
+            return candidate;
+        }
+    }
+    panic!("no free port pair for a cluster node")
+}
+
+impl PrivateCluster {
+    pub fn start() -> Self {
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            let port = free_cluster_port();
+            nodes.push(PrivateRedis::start_on(
+                port,
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--appendfsync",
+                    "everysec",
+                ],
+            ));
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli must be installed");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let me = Self { nodes };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        'wait: loop {
+            assert!(Instant::now() < deadline, "cluster never reached state ok");
+            for n in &me.nodes {
+                let mut c = n.admin();
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query(&mut c)
+                    .unwrap_or_default();
+                if !info.contains("cluster_state:ok") {
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue 'wait;
+                }
+            }
+            break;
+        }
+        me
+    }
+
+    /// `redis+cluster://H:P,H:P,H:P?prefix=…`
+    pub fn url(&self, prefix: &str) -> String {
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis+cluster://{}?prefix={prefix}", hosts.join(","))
     }
 }

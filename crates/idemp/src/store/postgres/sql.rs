@@ -122,7 +122,7 @@ SELECT __CUR_COLS__, false, (SELECT ms FROM now) FROM cur WHERE NOT EXISTS (SELE
 
 /// Settle: `$1` now, `$2` scope, `$3` key, `$4` token, `$5` state (1 completed, 2
 /// failed), `$6` codec, `$7` compression, `$8` bytes, `$9` ttl ms.
-/// Yields (changed, current token of the live row).
+/// Yields (changed, notified, current token of the live row when unchanged).
 const SETTLE: &str = r#"
 WITH __NOW__,
 upd AS (
@@ -131,15 +131,18 @@ upd AS (
       updated_at = now.ms, expires_at = now.ms + $9::bigint, lease_until = NULL, prev_token = NULL
   FROM now
   WHERE r.scope = $2::text AND r.key = $3::text AND r.token = $4::bigint AND r.state = 0
+    AND r.expires_at > now.ms
   RETURNING r.watched
 ),
 __NOTE__
 SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM note),
-       (SELECT c.token FROM __SCHEMA__.records c WHERE c.scope = $2::text AND c.key = $3::text AND c.state < 3)
+       CASE WHEN NOT EXISTS (SELECT 1 FROM upd) THEN
+         (SELECT c.token FROM __SCHEMA__.records c WHERE c.scope = $2::text AND c.key = $3::text
+            AND c.state < 3 AND c.expires_at > (SELECT ms FROM now)) END
 "#;
 
 /// Release: `$1` now, `$2` scope, `$3` key, `$4` token, `$5` tombstone retention ms.
-/// Yields (changed, current token of the live row).
+/// Yields (changed, notified, current token of the live row when unchanged).
 const RELEASE: &str = r#"
 WITH __NOW__,
 upd AS (
@@ -148,11 +151,14 @@ upd AS (
       lease_until = NULL, prev_token = NULL, updated_at = now.ms, expires_at = now.ms + $5::bigint
   FROM now
   WHERE r.scope = $2::text AND r.key = $3::text AND r.token = $4::bigint AND r.state = 0
+    AND r.expires_at > now.ms
   RETURNING r.watched
 ),
 __NOTE__
 SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM note),
-       (SELECT c.token FROM __SCHEMA__.records c WHERE c.scope = $2::text AND c.key = $3::text AND c.state < 3)
+       CASE WHEN NOT EXISTS (SELECT 1 FROM upd) THEN
+         (SELECT c.token FROM __SCHEMA__.records c WHERE c.scope = $2::text AND c.key = $3::text
+            AND c.state < 3 AND c.expires_at > (SELECT ms FROM now)) END
 "#;
 
 /// Renew: `$1` now, `$2` scope, `$3` key, `$4` token, `$5` lease ms.
@@ -164,10 +170,13 @@ upd AS (
   SET lease_until = now.ms + $5::bigint, expires_at = now.ms + $5::bigint + r.ttl_ms, updated_at = now.ms
   FROM now
   WHERE r.scope = $2::text AND r.key = $3::text AND r.token = $4::bigint AND r.state = 0
+    AND r.expires_at > now.ms
   RETURNING r.lease_until
 )
 SELECT (SELECT lease_until FROM upd),
-       (SELECT c.token FROM __SCHEMA__.records c WHERE c.scope = $2::text AND c.key = $3::text AND c.state < 3)
+       CASE WHEN NOT EXISTS (SELECT 1 FROM upd) THEN
+         (SELECT c.token FROM __SCHEMA__.records c WHERE c.scope = $2::text AND c.key = $3::text
+            AND c.state < 3 AND c.expires_at > (SELECT ms FROM now)) END
 "#;
 
 /// Purge: `$1` now, `$2` scope, `$3` key, `$4` tombstone retention ms.
@@ -207,6 +216,15 @@ SELECT __R_COLS__ FROM __SCHEMA__.records r, now
 WHERE r.scope = $2::text AND r.key = $3::text AND r.state < 3 AND r.expires_at > now.ms
 "#;
 
+/// The current token of the live record: `$1` now, `$2` scope, `$3` key. Used when a
+/// compare-and-set's own snapshot named the caller's token (a concurrent takeover
+/// committed during the statement): a new statement sees the successor.
+const CURRENT: &str = r#"
+WITH __NOW__
+SELECT r.token FROM __SCHEMA__.records r, now
+WHERE r.scope = $2::text AND r.key = $3::text AND r.state < 3 AND r.expires_at > now.ms
+"#;
+
 /// Marks an in-progress row as watched: `$1` scope, `$2` key.
 const WATCH: &str = r#"
 UPDATE __SCHEMA__.records SET watched = true
@@ -237,19 +255,20 @@ FROM __SCHEMA__.records r, now
 WHERE r.state < 3 AND r.expires_at > now.ms
 "#;
 
-/// Sweep one batch: `$1` now, `$2` batch size. Rows locked by a concurrent claim are
-/// skipped (that claim is replacing them anyway).
+/// Sweep one range of the table's pages: `$1` now, `$2` first page, `$3` page after
+/// the last. A TID range scan: each statement reads a bounded slice of the table, and a
+/// full pass reads it once, without an index that every write would have to maintain.
 const SWEEP: &str = r#"
-WITH __NOW__,
-victims AS (
-  SELECT r.scope, r.key FROM __SCHEMA__.records r, now
-  WHERE r.expires_at <= now.ms
-  ORDER BY r.expires_at
-  LIMIT $2::bigint
-  FOR UPDATE OF r SKIP LOCKED
-)
-DELETE FROM __SCHEMA__.records d USING victims v, now
-WHERE d.scope = v.scope AND d.key = v.key AND d.expires_at <= now.ms
+WITH __NOW__
+DELETE FROM __SCHEMA__.records d USING now
+WHERE d.ctid >= format('(%s,0)', $2::bigint)::tid
+  AND d.ctid < format('(%s,0)', $3::bigint)::tid
+  AND d.expires_at <= now.ms
+"#;
+
+/// The table's size in pages (`$1` unused, keeps every statement's `$1` the clock).
+const PAGES: &str = r#"
+SELECT pg_relation_size('__SCHEMA__.records') / current_setting('block_size')::bigint
 "#;
 
 /// The statements of one store, with its schema and channel filled in.
@@ -261,10 +280,12 @@ pub(super) struct Sql {
     pub renew: String,
     pub purge: String,
     pub get: String,
+    pub current: String,
     pub watch: String,
     pub list: String,
     pub stats: String,
     pub sweep: String,
+    pub pages: String,
 }
 
 impl Sql {
@@ -287,16 +308,21 @@ impl Sql {
             renew: fill(RENEW),
             purge: fill(PURGE),
             get: fill(GET),
+            current: fill(CURRENT),
             watch: fill(WATCH),
             list: fill(LIST),
             stats: fill(STATS),
             sweep: fill(SWEEP),
+            pages: fill(PAGES),
         }
     }
 }
 
 /// The migrations, in order; migration `i` brings the schema to version `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[include_str!("migrations/001_init.sql")];
+pub(super) const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/001_init.sql"),
+    include_str!("migrations/002_sweep_without_index.sql"),
+];
 
 #[cfg(test)]
 mod tests {
@@ -312,10 +338,12 @@ mod tests {
             &sql.renew,
             &sql.purge,
             &sql.get,
+            &sql.current,
             &sql.watch,
             &sql.list,
             &sql.stats,
             &sql.sweep,
+            &sql.pages,
         ] {
             assert!(!text.contains("__"), "{text}");
         }

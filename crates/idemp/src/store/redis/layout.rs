@@ -54,6 +54,14 @@ impl Layout {
         )
     }
 
+    /// The record's Redis key and its digest (the hash tag and notification message),
+    /// computing the digest once.
+    pub(crate) fn locate(&self, id: &RecordKey) -> (String, String) {
+        let digest = record_digest(id);
+        let key = format!("{}:{}:{{{digest}}}", self.prefix, scope_digest(&id.scope));
+        (key, digest)
+    }
+
     /// `SCAN MATCH` pattern of every record (of one scope when given).
     pub(crate) fn match_pattern(&self, scope: Option<&str>) -> String {
         match scope {

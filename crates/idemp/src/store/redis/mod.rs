@@ -25,9 +25,9 @@
 //!   `purge` and `get` are each one Lua script (`EVALSHA`, loaded on first use: a
 //!   `NOSCRIPT` reply loads it and retries once). Each is atomic on the server, so the
 //!   compare-and-set on the fencing token needs no `WATCH` and no lock.
-//! * **One hash per record** (fields `scope`, `key`, `state`, `token`, `fp`,
-//!   `attempts`, `created`, `updated`, `lease_until`, `ttl`, `expires`, `codec`,
-//!   `compression`, `outcome`) under `<prefix>:<scope digest>:{<record digest>}`. Scope
+//! * **One hash per record** (fields `state`, `token`, `id` (scope and key), `fp`,
+//!   `attempts`, `created`, `since` (lease start), `lease`, `ttl`, `settled`, `enc`
+//!   (codec and compression), `outcome`, `w` (waited for); see `lua/prelude.lua`) under `<prefix>:<scope digest>:{<record digest>}`. Scope
 //!   and key never appear in the key name, so no byte of theirs can break the Cluster
 //!   hash tag; the scripts compare the stored scope and key so a digest collision is
 //!   an error, never a shared record (see `layout`).
@@ -47,9 +47,11 @@
 //!   run), and is reclaimed by Redis once its ttl passes too, like a settled record
 //!   nobody asks about. Scripts also compare `expires` with the clock, so a record is
 //!   invisible from the exact millisecond it expires. [`Store::sweep`] returns 0.
-//! * **Notifications**: settle/release/purge publish the record digest on
-//!   `<prefix>:settled`; [`Store::wait`] uses one shared subscriber connection per store
-//!   and falls back to polling (see `notify`).
+//! * **Notifications**: [`Store::wait`] marks the in-progress record as waited for
+//!   (field `w`, in the same script that reads it); settle/release/purge of a marked
+//!   record publish its digest on `<prefix>:settled` (unmarked ones skip the
+//!   `PUBLISH`: most executions have no waiter). One shared subscriber connection per
+//!   store fans the messages out; polling is the fallback (see `notify`).
 //! * **`list` and `stats`** are administrative: they `SCAN` the prefix (every master
 //!   in a cluster) and read each record, `O(records)` per call; `list` sorts what it
 //!   found by (scope, key) and returns the page after `after`.
@@ -63,8 +65,9 @@
 //! up at-most-once while Redis is down. A write whose reply was lost may have been
 //! applied: a retried `claim` then finds the caller's own live claim (the key stays
 //! blocked until the lease passes: safe, never a double run), and a retried
-//! `complete`/`fail` with the same token that finds the record already settled in the
-//! same state succeeds without changing it.
+//! `complete`/`fail` gets [`StoreError::Fenced`] with `current` equal to the caller's
+//! own token (a settled record has no owner): only that token's owner can have settled
+//! it, so the caller knows its settle landed.
 //!
 //! # Durability
 //!
@@ -82,16 +85,16 @@ use std::time::Duration;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster_async::ClusterConnection;
 use ::redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-use ::redis::{Cmd, ErrorKind, RedisError, Script, ScriptInvocation, ServerErrorKind, Value};
+use ::redis::{Cmd, ErrorKind, RedisError, Script, ServerErrorKind, Value};
 
 use super::*;
 use crate::clock::{Millis, SharedClock, duration_ms};
 
 pub use durability::DurabilityReport;
 pub use layout::DEFAULT_PREFIX;
+use layout::Layout;
 #[cfg(test)]
-use layout::digest_of_key;
-use layout::{Layout, record_digest};
+use layout::{digest_of_key, record_digest};
 use notify::Notifier;
 
 /// Tokens stay unique while the server clock steps back by less than this (real clock).
@@ -103,6 +106,9 @@ const CLIENT_CLOCK_GUARD_MS: u64 = 3_600_000;
 const MAX_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
 /// Poll interval of `wait` while notifications flow (a safety net only).
 const NOTIFIED_POLL: Duration = Duration::from_millis(500);
+/// `SCAN … COUNT`: `list` and `stats` walk the whole database (every prefix), so large
+/// steps save round trips.
+const SCAN_COUNT: usize = 5_000;
 /// Keys fetched per batch by `list` and `stats`.
 const BATCH: usize = 256;
 
@@ -385,12 +391,28 @@ impl RedisStore {
         }
     }
 
-    async fn eval(&self, inv: &ScriptInvocation<'_>, id: &RecordKey) -> StoreResult<Value> {
-        let result = match &self.conn {
-            Conn::Single(c) => inv.invoke_async(&mut c.clone()).await,
-            Conn::Cluster(c) => inv.invoke_async(&mut c.clone()).await,
-        };
+    /// Runs `EVALSHA` of `script` on one key with `args`; loads the script and retries
+    /// once when the server does not know it (`NOSCRIPT`: first use, restart, flush).
+    async fn eval(&self, script: &Script, cmd: &Cmd, id: &RecordKey) -> StoreResult<Value> {
+        let mut result = self.send(cmd).await;
+        if matches!(&result, Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript)) {
+            let loaded = match &self.conn {
+                Conn::Single(c) => script.load_async(&mut c.clone()).await,
+                Conn::Cluster(c) => script.load_async(&mut c.clone()).await,
+            };
+            result = match loaded {
+                Ok(_) => self.send(cmd).await,
+                Err(e) => Err(e),
+            };
+        }
         result.map_err(|e| self.map_err(e, Some(id)))
+    }
+
+    async fn send(&self, cmd: &Cmd) -> Result<Value, RedisError> {
+        match &self.conn {
+            Conn::Single(c) => cmd.query_async(&mut c.clone()).await,
+            Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+        }
     }
 
     /// A keyed command (routed by its key in a cluster).
@@ -466,7 +488,7 @@ impl RedisStore {
                         .arg("MATCH")
                         .arg(pattern)
                         .arg("COUNT")
-                        .arg(1000)
+                        .arg(SCAN_COUNT)
                         .query_async(&mut c)
                         .await
                         .map_err(|e| self.map_err(e, None))?;
@@ -487,7 +509,7 @@ impl RedisStore {
                             .arg("MATCH")
                             .arg(pattern)
                             .arg("COUNT")
-                            .arg(1000);
+                            .arg(SCAN_COUNT);
                         let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
                             host: host.clone(),
                             port,
@@ -533,44 +555,51 @@ impl RedisStore {
         for chunk in keys.chunks(BATCH) {
             let futs = chunk.iter().map(|k| {
                 let mut cmd = ::redis::cmd("HMGET");
-                cmd.arg(k)
-                    .arg("scope")
-                    .arg("key")
-                    .arg("state")
-                    .arg("expires");
-                self.query::<(Option<String>, Option<String>, Option<String>, Option<u64>)>(cmd)
+                cmd.arg(k).arg("id").arg("state").arg("settled").arg("ttl");
+                self.query::<(Option<String>, Option<String>, Option<u64>, Option<u64>)>(cmd)
             });
             let rows = futures_util::future::try_join_all(futs).await?;
-            for (k, (scope, key, state, expires)) in chunk.iter().zip(rows) {
-                let (Some(scope), Some(key)) = (scope, key) else {
+            for (k, (id, state, settled, ttl)) in chunk.iter().zip(rows) {
+                let Some(id) = id.as_deref().and_then(decode_id) else {
                     continue;
                 };
-                if is_live(state.as_deref(), expires, now) {
-                    out.push((RecordKey { scope, key }, k.clone()));
+                if is_live(state.as_deref(), settled, ttl, now) {
+                    out.push((id, k.clone()));
                 }
             }
         }
         Ok(out)
     }
 
-    async fn get_by_key(&self, rkey: &[u8], id: &RecordKey) -> StoreResult<Option<Record>> {
-        let mut inv = SCRIPTS.get.prepare_invoke();
-        inv.key(rkey).arg(self.now_arg());
-        let v = self.eval(&inv, id).await?;
+    /// Reads a record; with `watch`, an in-progress record is marked as waited for, so
+    /// that its settle, release or purge publishes a notification (they skip the
+    /// `PUBLISH` when nobody waits).
+    async fn get_by_key(
+        &self,
+        rkey: &[u8],
+        id: &RecordKey,
+        watch: bool,
+    ) -> StoreResult<Option<Record>> {
+        let v = self
+            .eval(
+                &SCRIPTS.get,
+                evalsha(&SCRIPTS.get, rkey)
+                    .arg(self.now_arg())
+                    .arg(if watch { "1" } else { "0" }),
+                id,
+            )
+            .await?;
         let items = array(v, id)?;
         if int_at(&items, 0, id)? == 0 {
             return Ok(None);
         }
-        // {2, now, F..., scope, key}
-        let stored_scope = items.get(13).and_then(as_string);
-        let stored_key = items.get(14).and_then(as_string);
-        if stored_scope.as_deref() != Some(id.scope.as_str())
-            || stored_key.as_deref() != Some(id.key.as_str())
-        {
+        // {2, now, fields..., id}
+        let stored = items.get(13).and_then(as_string);
+        if stored.as_deref().and_then(decode_id).as_ref() != Some(id) {
             return Err(StoreError::Corrupt {
                 id: id.clone(),
                 reason: format!(
-                    "key {} holds another record ({stored_scope:?}/{stored_key:?})",
+                    "key {} holds another record ({stored:?})",
                     String::from_utf8_lossy(rkey)
                 ),
             });
@@ -594,25 +623,46 @@ impl RedisStore {
         outcome: Outcome,
         ttl: Duration,
     ) -> StoreResult<()> {
-        let key = self.layout.record_key(id);
-        let mut inv = SCRIPTS.settle.prepare_invoke();
-        inv.key(&key)
-            .arg(token)
-            .arg(state)
-            .arg(outcome.bytes)
-            .arg(outcome.codec.as_u8())
-            .arg(outcome.compression.as_u8())
-            .arg(ms(ttl))
-            .arg(self.now_arg())
-            .arg(self.guard())
-            .arg(self.layout.channel())
-            .arg(record_digest(id));
-        let items = array(self.eval(&inv, id).await?, id)?;
-        match int_at(&items, 0, id)? {
-            1 | 2 => Ok(()),
-            _ => Err(self.fenced(id, token, &items)),
-        }
+        let (key, digest) = self.layout.locate(id);
+        let v = self
+            .eval(
+                &SCRIPTS.settle,
+                evalsha(&SCRIPTS.settle, key.as_bytes())
+                    .arg(token)
+                    .arg(state)
+                    .arg(&outcome.bytes)
+                    .arg(format!(
+                        "{}:{}",
+                        outcome.codec.as_u8(),
+                        outcome.compression.as_u8()
+                    ))
+                    .arg(ms(ttl))
+                    .arg(self.now_arg())
+                    .arg(ms(ttl).max(self.guard()))
+                    .arg(self.guard())
+                    .arg(self.layout.channel())
+                    .arg(&digest),
+                id,
+            )
+            .await?;
+        self.settled(v, id, token)
     }
+
+    /// The reply of `settle` and `release`: 1, or `{0[, current]}` when fenced.
+    fn settled(&self, v: Value, id: &RecordKey, token: Token) -> StoreResult<()> {
+        if as_u64(&v) == Some(1) {
+            return Ok(());
+        }
+        let items = array(v, id)?;
+        Err(self.fenced(id, token, &items))
+    }
+}
+
+/// `EVALSHA <script> 1 <key>`; the caller appends the arguments.
+fn evalsha(script: &Script, key: &[u8]) -> Cmd {
+    let mut cmd = ::redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(1).arg(key);
+    cmd
 }
 
 /// Whether a Redis error means "the store cannot be reached / cannot serve now".
@@ -668,10 +718,21 @@ fn parse_cluster_masters(text: &str) -> Vec<(String, u16)> {
     out
 }
 
-fn is_live(state: Option<&str>, expires: Option<u64>, now: Millis) -> bool {
+/// state, settled, ttl, token, created, since, lease.
+type Fields7 = (
+    Option<String>,
+    Option<u64>,
+    Option<u64>,
+    Option<u64>,
+    Option<u64>,
+    Option<u64>,
+    Option<u64>,
+);
+
+fn is_live(state: Option<&str>, settled: Option<u64>, ttl: Option<u64>, now: Millis) -> bool {
     match state {
         Some("p") => true,
-        Some("c") | Some("f") => expires.unwrap_or(0) > now,
+        Some("c") | Some("f") => settled.unwrap_or(0).saturating_add(ttl.unwrap_or(0)) > now,
         _ => false,
     }
 }
@@ -714,13 +775,28 @@ fn int_at(items: &[Value], i: usize, id: &RecordKey) -> StoreResult<u64> {
         .ok_or_else(|| corrupt(id, format!("script reply item {i} is not a number")))
 }
 
-/// Parses the fields `F` of the scripts: state, token, fp, attempts, created, updated,
-/// lease_until, expires, codec, compression, outcome.
+/// The `id` field: `<byte length of scope>:<scope><key>`.
+fn encode_id(id: &RecordKey) -> String {
+    format!("{}:{}{}", id.scope.len(), id.scope, id.key)
+}
+
+/// Parses the `id` field.
+fn decode_id(s: &str) -> Option<RecordKey> {
+    let (len, rest) = s.split_once(':')?;
+    let len: usize = len.parse().ok()?;
+    if !rest.is_char_boundary(len) {
+        return None;
+    }
+    let (scope, key) = rest.split_at(len);
+    Some(RecordKey::new(scope, key))
+}
+
+/// Parses the fields of a record reply (see `lua/prelude.lua`): state, token, fp,
+/// attempts, created, since, lease, ttl, settled, enc, outcome.
 fn parse_record(id: &RecordKey, f: &[Value]) -> StoreResult<Record> {
+    let opt = |i: usize| f.get(i).and_then(as_u64);
     let num = |i: usize, what: &str| -> StoreResult<u64> {
-        f.get(i)
-            .and_then(as_u64)
-            .ok_or_else(|| corrupt(id, format!("field `{what}` missing or not a number")))
+        opt(i).ok_or_else(|| corrupt(id, format!("field `{what}` missing or not a number")))
     };
     let fingerprint = match f.get(2) {
         Some(Value::BulkString(b)) if b.is_empty() => None,
@@ -731,11 +807,18 @@ fn parse_record(id: &RecordKey, f: &[Value]) -> StoreResult<Record> {
         )),
         _ => None,
     };
+    let token = num(1, "token")?;
+    let created_at = opt(4).unwrap_or(token);
+    let since = opt(5).unwrap_or(created_at);
     let outcome = || -> StoreResult<Outcome> {
-        let codec =
-            Codec::from_u8(num(8, "codec")? as u8).ok_or_else(|| corrupt(id, "unknown codec"))?;
-        let compression = Compression::from_u8(num(9, "compression")? as u8)
-            .ok_or_else(|| corrupt(id, "unknown compression"))?;
+        let enc = f.get(9).and_then(as_string).unwrap_or_default();
+        let (codec, compression) = enc
+            .split_once(':')
+            .and_then(|(c, z)| Some((c.parse::<u8>().ok()?, z.parse::<u8>().ok()?)))
+            .ok_or_else(|| corrupt(id, format!("field `enc` is `{enc}`")))?;
+        let codec = Codec::from_u8(codec).ok_or_else(|| corrupt(id, "unknown codec"))?;
+        let compression =
+            Compression::from_u8(compression).ok_or_else(|| corrupt(id, "unknown compression"))?;
         let bytes = match f.get(10) {
             Some(Value::BulkString(b)) => b.clone(),
             _ => return Err(corrupt(id, "field `outcome` missing")),
@@ -746,26 +829,37 @@ fn parse_record(id: &RecordKey, f: &[Value]) -> StoreResult<Record> {
             bytes,
         })
     };
+    let settled = || -> StoreResult<(u64, Option<u64>)> {
+        let at = num(8, "settled")?;
+        Ok((at, Some(at.saturating_add(num(7, "ttl")?))))
+    };
     let state_name = f.first().and_then(as_string).unwrap_or_default();
-    let (state, expires_at) = match state_name.as_str() {
+    let (state, updated_at, expires_at) = match state_name.as_str() {
         "p" => (
             State::InProgress {
-                lease_until: num(6, "lease_until")?,
+                lease_until: since.saturating_add(num(6, "lease")?),
             },
+            since,
             None,
         ),
-        "c" => (State::Completed(outcome()?), Some(num(7, "expires")?)),
-        "f" => (State::Failed(outcome()?), Some(num(7, "expires")?)),
+        "c" => {
+            let (at, exp) = settled()?;
+            (State::Completed(outcome()?), at, exp)
+        }
+        "f" => {
+            let (at, exp) = settled()?;
+            (State::Failed(outcome()?), at, exp)
+        }
         other => return Err(corrupt(id, format!("unknown state `{other}`"))),
     };
     Ok(Record {
         id: id.clone(),
         fingerprint,
         state,
-        token: num(1, "token")?,
-        attempts: u32::try_from(num(3, "attempts")?).unwrap_or(u32::MAX),
-        created_at: num(4, "created")?,
-        updated_at: num(5, "updated")?,
+        token,
+        attempts: opt(3).map_or(1, |a| u32::try_from(a).unwrap_or(u32::MAX)),
+        created_at,
+        updated_at,
         expires_at,
     })
 }
@@ -774,22 +868,36 @@ fn parse_record(id: &RecordKey, f: &[Value]) -> StoreResult<Record> {
 impl Store for RedisStore {
     async fn claim(&self, claim: &Claim) -> StoreResult<ClaimOutcome> {
         let id = &claim.id;
-        let key = self.layout.record_key(id);
+        let (key, _) = self.layout.locate(id);
         let fp: &[u8] = match &claim.fingerprint {
             Some(f) => &f.0,
             None => &[],
         };
-        let mut inv = SCRIPTS.claim.prepare_invoke();
-        inv.key(&key)
-            .arg(&id.scope)
-            .arg(&id.key)
-            .arg(fp)
-            .arg(ms(claim.lease))
-            .arg(ms(claim.ttl))
-            .arg(if claim.take_over_expired { "1" } else { "0" })
-            .arg(self.now_arg())
-            .arg(self.guard());
-        let items = array(self.eval(&inv, id).await?, id)?;
+        let v = self
+            .eval(
+                &SCRIPTS.claim,
+                evalsha(&SCRIPTS.claim, key.as_bytes())
+                    .arg(encode_id(id))
+                    .arg(fp)
+                    .arg(ms(claim.lease))
+                    .arg(ms(claim.ttl))
+                    .arg(if claim.take_over_expired { "1" } else { "0" })
+                    .arg(self.now_arg())
+                    .arg(ms(claim.lease).max(ms(claim.ttl)).max(self.guard()))
+                    .arg(self.guard()),
+                id,
+            )
+            .await?;
+        if let Some(token) = as_u64(&v) {
+            // a fresh claim: the token is the server's clock
+            return Ok(ClaimOutcome::Acquired {
+                token,
+                lease_until: token.saturating_add(ms(claim.lease)),
+                takeover: None,
+                attempt: 1,
+            });
+        }
+        let items = array(v, id)?;
         match int_at(&items, 0, id)? {
             1 => {
                 let prev = int_at(&items, 3, id)?;
@@ -827,30 +935,36 @@ impl Store for RedisStore {
     }
 
     async fn release(&self, id: &RecordKey, token: Token) -> StoreResult<()> {
-        let key = self.layout.record_key(id);
-        let mut inv = SCRIPTS.release.prepare_invoke();
-        inv.key(&key)
-            .arg(token)
-            .arg(self.now_arg())
-            .arg(self.guard())
-            .arg(self.layout.channel())
-            .arg(record_digest(id));
-        let items = array(self.eval(&inv, id).await?, id)?;
-        match int_at(&items, 0, id)? {
-            1 => Ok(()),
-            _ => Err(self.fenced(id, token, &items)),
-        }
+        let (key, digest) = self.layout.locate(id);
+        let v = self
+            .eval(
+                &SCRIPTS.release,
+                evalsha(&SCRIPTS.release, key.as_bytes())
+                    .arg(token)
+                    .arg(self.now_arg())
+                    .arg(self.guard())
+                    .arg(self.layout.channel())
+                    .arg(digest),
+                id,
+            )
+            .await?;
+        self.settled(v, id, token)
     }
 
     async fn renew(&self, id: &RecordKey, token: Token, lease: Duration) -> StoreResult<Millis> {
-        let key = self.layout.record_key(id);
-        let mut inv = SCRIPTS.renew.prepare_invoke();
-        inv.key(&key)
-            .arg(token)
-            .arg(ms(lease))
-            .arg(self.now_arg())
-            .arg(self.guard());
-        let items = array(self.eval(&inv, id).await?, id)?;
+        let (key, _) = self.layout.locate(id);
+        let v = self
+            .eval(
+                &SCRIPTS.renew,
+                evalsha(&SCRIPTS.renew, key.as_bytes())
+                    .arg(token)
+                    .arg(ms(lease))
+                    .arg(self.now_arg())
+                    .arg(self.guard()),
+                id,
+            )
+            .await?;
+        let items = array(v, id)?;
         match int_at(&items, 0, id)? {
             1 => int_at(&items, 1, id),
             _ => Err(self.fenced(id, token, &items)),
@@ -859,7 +973,7 @@ impl Store for RedisStore {
 
     async fn get(&self, id: &RecordKey) -> StoreResult<Option<Record>> {
         let key = self.layout.record_key(id);
-        self.get_by_key(key.as_bytes(), id).await
+        self.get_by_key(key.as_bytes(), id, false).await
     }
 
     async fn list(&self, query: &ListQuery) -> StoreResult<Page> {
@@ -889,7 +1003,7 @@ impl Store for RedisStore {
         } else {
             None
         };
-        let futs = found.iter().map(|(id, k)| self.get_by_key(k, id));
+        let futs = found.iter().map(|(id, k)| self.get_by_key(k, id, false));
         let records = futures_util::future::try_join_all(futs)
             .await?
             .into_iter()
@@ -899,14 +1013,18 @@ impl Store for RedisStore {
     }
 
     async fn purge(&self, id: &RecordKey) -> StoreResult<bool> {
-        let key = self.layout.record_key(id);
-        let mut inv = SCRIPTS.purge.prepare_invoke();
-        inv.key(&key)
-            .arg(self.now_arg())
-            .arg(self.guard())
-            .arg(self.layout.channel())
-            .arg(record_digest(id));
-        let v = self.eval(&inv, id).await?;
+        let (key, digest) = self.layout.locate(id);
+        let v = self
+            .eval(
+                &SCRIPTS.purge,
+                evalsha(&SCRIPTS.purge, key.as_bytes())
+                    .arg(self.now_arg())
+                    .arg(self.guard())
+                    .arg(self.layout.channel())
+                    .arg(digest),
+                id,
+            )
+            .await?;
         Ok(as_u64(&v) == Some(1))
     }
 
@@ -926,21 +1044,33 @@ impl Store for RedisStore {
         for chunk in keys.chunks(BATCH) {
             let futs = chunk.iter().map(|k| async move {
                 let mut cmd = ::redis::cmd("HMGET");
-                cmd.arg(k).arg("state").arg("expires").arg("lease_until");
-                let fields: (Option<String>, Option<u64>, Option<u64>) = self.query(cmd).await?;
+                cmd.arg(k)
+                    .arg("state")
+                    .arg("settled")
+                    .arg("ttl")
+                    .arg("token")
+                    .arg("created")
+                    .arg("since")
+                    .arg("lease");
+                let fields: Fields7 = self.query(cmd).await?;
                 let mut len = ::redis::cmd("HSTRLEN");
                 len.arg(k).arg("outcome");
                 let len: u64 = self.query(len).await?;
                 Ok::<_, StoreError>((fields, len))
             });
-            for ((state, expires, lease_until), len) in
+            for ((state, settled, ttl, token, created, since, lease), len) in
                 futures_util::future::try_join_all(futs).await?
             {
-                if !is_live(state.as_deref(), expires, now) {
+                if !is_live(state.as_deref(), settled, ttl, now) {
                     continue;
                 }
+                let lease_until = since
+                    .or(created)
+                    .or(token)
+                    .unwrap_or(0)
+                    .saturating_add(lease.unwrap_or(0));
                 match state.as_deref() {
-                    Some("p") if lease_until.unwrap_or(0) <= now => stats.ambiguous += 1,
+                    Some("p") if lease_until <= now => stats.ambiguous += 1,
                     Some("p") => stats.in_progress += 1,
                     Some("c") => stats.completed += 1,
                     Some("f") => stats.failed += 1,
@@ -955,7 +1085,8 @@ impl Store for RedisStore {
 
     async fn wait(&self, id: &RecordKey, timeout: Duration) -> StoreResult<Option<Record>> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let registration = self.notifier.register(&record_digest(id));
+        let (key, digest) = self.layout.locate(id);
+        let registration = self.notifier.register(&digest);
         self.notifier
             .ensure_started(self.pubsub_clients.clone(), self.layout.channel());
         let mut fast = Duration::from_millis(2);
@@ -965,7 +1096,7 @@ impl Store for RedisStore {
             let notified = registration.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let rec = self.get(id).await?;
+            let rec = self.get_by_key(key.as_bytes(), id, true).await?;
             if !matches!(&rec, Some(r) if !r.state.is_settled()) {
                 return Ok(rec);
             }

@@ -72,7 +72,29 @@ pub use rusqlite;
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 
 use waiters::{WaitGuard, Waiters};
-use writer::{Job, Op, Reply, Writer};
+use writer::{Counters, Job, Op, Reply, Writer};
+
+/// What group commit did so far in this store (this process): how many write
+/// transactions were committed and how many operations they carried.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GroupCommitStats {
+    /// Committed write transactions (one fsync each with [`Synchronous::Full`]).
+    pub commits: u64,
+    /// Write operations (`claim`, `complete`, `fail`, `release`, `renew`, `purge`,
+    /// `sweep`) committed by them.
+    pub operations: u64,
+}
+
+impl GroupCommitStats {
+    /// Average operations per commit (0 before the first commit).
+    pub fn ops_per_commit(&self) -> f64 {
+        if self.commits == 0 {
+            0.0
+        } else {
+            self.operations as f64 / self.commits as f64
+        }
+    }
+}
 
 /// How hard SQLite pushes each commit to the disk (`PRAGMA synchronous`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -211,7 +233,13 @@ impl SqliteStoreBuilder {
 
 /// The SQLite store. See the [module docs](self).
 ///
-/// Cloning is cheap and shares the writer thread.
+/// Cloning is cheap and shares the writer thread. Dropping the last clone closes the
+/// channel and waits for the writer to finish its current batch and close the file.
+///
+/// Cancellation: a `claim` whose future is dropped before the writer reaches it is
+/// skipped; one dropped later may have acquired the key, which then nobody settles
+/// and becomes ambiguous when its lease passes, as after a crash. Other operations
+/// run once sent, even if their future is dropped.
 #[derive(Clone)]
 pub struct SqliteStore {
     inner: Arc<Inner>,
@@ -225,6 +253,7 @@ struct Inner {
     writer: Option<JoinHandle<()>>,
     readers: Mutex<Vec<Connection>>,
     waiters: Arc<Waiters>,
+    counters: Arc<Counters>,
 }
 
 impl Drop for Inner {
@@ -294,7 +323,8 @@ impl SqliteStore {
 
         let (tx, rx) = mpsc::channel();
         let waiters = Arc::new(Waiters::default());
-        let writer = Writer::new(conn, rx, &opts, waiters.clone());
+        let counters = Arc::new(Counters::default());
+        let writer = Writer::new(conn, rx, &opts, waiters.clone(), counters.clone());
         let handle = std::thread::Builder::new()
             .name("idemp-sqlite-writer".into())
             .spawn(move || writer.run())
@@ -307,6 +337,7 @@ impl SqliteStore {
             writer: Some(handle),
             readers: Mutex::new(Vec::new()),
             waiters,
+            counters,
         });
         if let Some(every) = inner.opts.sweep_interval {
             spawn_sweeper(Arc::downgrade(&inner), every)?;
@@ -317,6 +348,15 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// Counts of the writer thread's commits and the operations they carried.
+    pub fn group_commit_stats(&self) -> GroupCommitStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        GroupCommitStats {
+            commits: self.inner.counters.commits.load(Relaxed),
+            operations: self.inner.counters.operations.load(Relaxed),
+        }
     }
 
     /// A new connection to the same file, configured like the store's own

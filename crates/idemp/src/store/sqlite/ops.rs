@@ -173,93 +173,145 @@ fn select_row(conn: &Connection, id: &RecordKey) -> rusqlite::Result<Option<RawR
         .optional()
 }
 
-/// The next fencing token of this file.
-fn next_token(conn: &Connection) -> rusqlite::Result<Token> {
-    let mut stmt = conn.prepare_cached(
-        "UPDATE idemp_meta SET value = value + 1 WHERE name = 'token_seq' RETURNING value",
-    )?;
-    let v: i64 = stmt.query_row([], |r| r.get(0))?;
-    Ok(ms_from_sql(v))
+/// The file's fencing-token counter, read once per write transaction and written
+/// back before its commit (the transaction holds the write lock, so no other
+/// connection can move it in between).
+#[derive(Debug, Default)]
+pub(crate) struct TokenSeq {
+    last: Token,
+    dirty: bool,
 }
 
-/// `claim`: see [`crate::store::Store::claim`].
-pub(crate) fn claim(conn: &Connection, c: &Claim, now: Millis) -> OpResult<ClaimOutcome> {
+impl TokenSeq {
+    /// Reads the counter inside the current write transaction.
+    pub(crate) fn load(conn: &Connection) -> rusqlite::Result<Self> {
+        let mut stmt =
+            conn.prepare_cached("SELECT value FROM idemp_meta WHERE name = 'token_seq'")?;
+        let v: i64 = stmt.query_row([], |r| r.get(0))?;
+        Ok(Self {
+            last: ms_from_sql(v),
+            dirty: false,
+        })
+    }
+
+    /// The token the next acquisition gets (not yet taken).
+    fn peek(&self) -> Token {
+        self.last + 1
+    }
+
+    /// Takes the next token.
+    fn take(&mut self) -> Token {
+        self.last += 1;
+        self.dirty = true;
+        self.last
+    }
+
+    /// Writes the counter back, if tokens were taken.
+    pub(crate) fn store(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+        if self.dirty {
+            let mut stmt =
+                conn.prepare_cached("UPDATE idemp_meta SET value = ?1 WHERE name = 'token_seq'")?;
+            stmt.execute([sql_ms(self.last)])?;
+            self.dirty = false;
+        }
+        Ok(())
+    }
+}
+
+/// `claim`: see [`crate::store::Store::claim`]. Tokens come from `seq`, which the
+/// caller stores before committing.
+pub(crate) fn claim(
+    conn: &Connection,
+    c: &Claim,
+    now: Millis,
+    seq: &mut TokenSeq,
+) -> OpResult<ClaimOutcome> {
     if let Err(e) = validate(&c.id) {
         return Ok(Err(e));
     }
     let lease_until = now.saturating_add(capped_ms(c.lease));
     let ttl_ms = capped_ms(c.ttl);
     let purge_at = lease_until.saturating_add(ttl_ms);
-    let fp = c.fingerprint.map(|f| f.0.to_vec());
 
-    if let Some(raw) = select_row(conn, &c.id)?
-        && raw.is_live(now)
-    {
-        let rec = match raw.into_record() {
-            Ok(r) => r,
-            Err(e) => return Ok(Err(e)),
-        };
-        if let (Some(stored), Some(given)) = (&rec.fingerprint, &c.fingerprint)
-            && stored != given
-        {
-            return Ok(Ok(ClaimOutcome::Mismatch(rec)));
-        }
-        return match rec.state {
-            State::InProgress { lease_until: old } if old <= now && c.take_over_expired => {
-                // A taker without a fingerprint keeps the stored one.
-                let fp = c.fingerprint.or(rec.fingerprint).map(|f| f.0.to_vec());
-                let token = next_token(conn)?;
-                let attempt = rec.attempts.saturating_add(1);
-                let mut stmt = conn.prepare_cached(
-                    "UPDATE idemp_records SET fingerprint = ?3, state = 0, token = ?4, \
-                     attempts = ?5, updated_at = ?6, lease_until = ?7, ttl_ms = ?8, \
-                     purge_at = ?9, codec = NULL, compression = NULL, outcome = NULL \
-                     WHERE scope = ?1 AND key = ?2",
-                )?;
-                stmt.execute(params![
-                    c.id.scope,
-                    c.id.key,
-                    fp,
-                    sql_ms(token),
-                    i64::from(attempt),
-                    sql_ms(now),
-                    sql_ms(lease_until),
-                    sql_ms(ttl_ms),
-                    sql_ms(purge_at),
-                ])?;
-                Ok(Ok(ClaimOutcome::Acquired {
-                    token,
-                    lease_until,
-                    takeover: Some(rec.token),
-                    attempt,
-                }))
-            }
-            _ => Ok(Ok(ClaimOutcome::Existing(rec))),
-        };
-    }
-    // No live record (none at all, or an expired one that only a sweep would remove).
-    let token = next_token(conn)?;
+    // Fast path, one statement: insert a new record, or replace one that is no
+    // longer live (expired, not yet swept).
+    let token = seq.peek();
     let mut stmt = conn.prepare_cached(
-        "INSERT OR REPLACE INTO idemp_records (scope, key, fingerprint, state, token, attempts, \
+        "INSERT INTO idemp_records (scope, key, fingerprint, state, token, attempts, \
          created_at, updated_at, lease_until, ttl_ms, purge_at, codec, compression, outcome) \
-         VALUES (?1, ?2, ?3, 0, ?4, 1, ?5, ?5, ?6, ?7, ?8, NULL, NULL, NULL)",
+         VALUES (?1, ?2, ?3, 0, ?4, 1, ?5, ?5, ?6, ?7, ?8, NULL, NULL, NULL) \
+         ON CONFLICT (scope, key) DO UPDATE SET fingerprint = excluded.fingerprint, \
+         state = 0, token = excluded.token, attempts = 1, created_at = excluded.created_at, \
+         updated_at = excluded.updated_at, lease_until = excluded.lease_until, \
+         ttl_ms = excluded.ttl_ms, purge_at = excluded.purge_at, codec = NULL, \
+         compression = NULL, outcome = NULL \
+         WHERE idemp_records.purge_at <= excluded.created_at",
     )?;
-    stmt.execute(params![
+    let inserted = stmt.execute(params![
         c.id.scope,
         c.id.key,
-        fp,
+        c.fingerprint.map(|f| f.0.to_vec()),
         sql_ms(token),
         sql_ms(now),
         sql_ms(lease_until),
         sql_ms(ttl_ms),
         sql_ms(purge_at),
     ])?;
-    Ok(Ok(ClaimOutcome::Acquired {
-        token,
-        lease_until,
-        takeover: None,
-        attempt: 1,
-    }))
+    if inserted == 1 {
+        seq.take();
+        return Ok(Ok(ClaimOutcome::Acquired {
+            token,
+            lease_until,
+            takeover: None,
+            attempt: 1,
+        }));
+    }
+
+    // A live record exists.
+    let Some(raw) = select_row(conn, &c.id)? else {
+        return Err(rusqlite::Error::QueryReturnedNoRows);
+    };
+    let rec = match raw.into_record() {
+        Ok(r) => r,
+        Err(e) => return Ok(Err(e)),
+    };
+    if let (Some(stored), Some(given)) = (&rec.fingerprint, &c.fingerprint)
+        && stored != given
+    {
+        return Ok(Ok(ClaimOutcome::Mismatch(rec)));
+    }
+    match rec.state {
+        State::InProgress { lease_until: old } if old <= now && c.take_over_expired => {
+            // A taker without a fingerprint keeps the stored one.
+            let fp = c.fingerprint.or(rec.fingerprint).map(|f| f.0.to_vec());
+            let token = seq.take();
+            let attempt = rec.attempts.saturating_add(1);
+            let mut stmt = conn.prepare_cached(
+                "UPDATE idemp_records SET fingerprint = ?3, state = 0, token = ?4, \
+                 attempts = ?5, updated_at = ?6, lease_until = ?7, ttl_ms = ?8, \
+                 purge_at = ?9, codec = NULL, compression = NULL, outcome = NULL \
+                 WHERE scope = ?1 AND key = ?2",
+            )?;
+            stmt.execute(params![
+                c.id.scope,
+                c.id.key,
+                fp,
+                sql_ms(token),
+                i64::from(attempt),
+                sql_ms(now),
+                sql_ms(lease_until),
+                sql_ms(ttl_ms),
+                sql_ms(purge_at),
+            ])?;
+            Ok(Ok(ClaimOutcome::Acquired {
+                token,
+                lease_until,
+                takeover: Some(rec.token),
+                attempt,
+            }))
+        }
+        _ => Ok(Ok(ClaimOutcome::Existing(rec))),
+    }
 }
 
 /// The `Fenced` error for `token` on `id`, naming the current live token if any.

@@ -12,13 +12,14 @@
 //! failing job cannot take the others down with it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use super::ops;
+use super::ops::{self, TokenSeq};
 use super::waiters::Waiters;
 use super::{SqliteOptions, map_err};
 use crate::clock::{Millis, SharedClock};
@@ -65,6 +66,16 @@ pub(crate) struct Job {
     pub(crate) reply: oneshot::Sender<StoreResult<Reply>>,
 }
 
+/// Counters of the writer, shared with the store.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) commits: AtomicU64,
+    pub(crate) operations: AtomicU64,
+}
+
+/// How many times the writer yields to let more jobs join a batch (see `fill`).
+const YIELD_ROUNDS: usize = 4;
+
 /// How many times `BEGIN IMMEDIATE` is retried after the busy timeout ran out.
 const BUSY_RETRIES: u32 = 3;
 
@@ -74,6 +85,7 @@ pub(crate) struct Writer {
     jobs: Receiver<Job>,
     clock: SharedClock,
     waiters: Arc<Waiters>,
+    counters: Arc<Counters>,
     max_batch: usize,
     linger: Duration,
 }
@@ -84,12 +96,14 @@ impl Writer {
         jobs: Receiver<Job>,
         opts: &SqliteOptions,
         waiters: Arc<Waiters>,
+        counters: Arc<Counters>,
     ) -> Self {
         Self {
             conn,
             jobs,
             clock: opts.clock.clone(),
             waiters,
+            counters,
             max_batch: opts.max_batch.max(1),
             linger: opts.batch_linger,
         }
@@ -106,26 +120,52 @@ impl Writer {
     }
 
     /// Takes the jobs already waiting; with a linger, waits up to that long for more.
+    ///
+    /// Under concurrency (more than one job waiting), the writer also yields its CPU a
+    /// few times while new jobs keep arriving: the callers just answered by the
+    /// previous commit are then able to send their next operation into this batch
+    /// rather than the next one (on two cores this doubles the operations per fsync).
+    /// A lone caller never waits.
     fn fill(&self, batch: &mut Vec<Job>) {
-        let deadline = Instant::now() + self.linger;
-        while batch.len() < self.max_batch {
-            match self.jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(TryRecvError::Disconnected) => return,
-                Err(TryRecvError::Empty) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return;
-                    }
-                    match self.jobs.recv_timeout(deadline - now) {
-                        Ok(job) => batch.push(job),
-                        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
-                            return;
-                        }
-                    }
+        if !self.drain(batch) {
+            return;
+        }
+        if batch.len() > 1 {
+            for _ in 0..YIELD_ROUNDS {
+                let before = batch.len();
+                std::thread::yield_now();
+                if !self.drain(batch) || batch.len() == before {
+                    break;
                 }
             }
         }
+        let deadline = Instant::now() + self.linger;
+        while batch.len() < self.max_batch {
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            match self.jobs.recv_timeout(deadline - now) {
+                Ok(job) => batch.push(job),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return,
+            }
+            if !self.drain(batch) {
+                return;
+            }
+        }
+    }
+
+    /// Moves every waiting job into the batch (up to `max_batch`); `false` when the
+    /// batch is full or the channel is closed.
+    fn drain(&self, batch: &mut Vec<Job>) -> bool {
+        while batch.len() < self.max_batch {
+            match self.jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(TryRecvError::Empty) => return true,
+                Err(TryRecvError::Disconnected) => return false,
+            }
+        }
+        false
     }
 
     fn execute(&mut self, batch: &mut Vec<Job>) {
@@ -177,21 +217,42 @@ impl Writer {
 
     fn run_batch(&mut self, jobs: &[Job]) -> Result<Vec<StoreResult<Reply>>, BatchError> {
         begin_immediate(&self.conn).map_err(BatchError::Lock)?;
+        let mut seq: Option<TokenSeq> = None;
         let mut out = Vec::with_capacity(jobs.len());
+        let mut applied = 0u64;
         for job in jobs {
+            // A claim whose caller is gone (its future was dropped) would create a
+            // record nobody settles: skip it. Other operations run regardless.
+            if matches!(job.op, Op::Claim(_)) && job.reply.is_closed() {
+                out.push(Err(StoreError::Unavailable("claim cancelled".into())));
+                continue;
+            }
             let now = self.clock.now_ms();
-            match apply(&self.conn, &job.op, now) {
-                Ok(r) => out.push(r),
+            match apply(&self.conn, &job.op, now, &mut seq) {
+                Ok(r) => {
+                    applied += 1;
+                    out.push(r);
+                }
                 Err(e) => {
                     rollback(&self.conn);
                     return Err(BatchError::Op(map_err(e)));
                 }
             }
         }
+        if let Some(seq) = seq.as_mut()
+            && let Err(e) = seq.store(&self.conn)
+        {
+            rollback(&self.conn);
+            return Err(BatchError::Op(map_err(e)));
+        }
         if let Err(e) = self.conn.execute_batch("COMMIT") {
             rollback(&self.conn);
             return Err(BatchError::Commit(map_err(e)));
         }
+        self.counters.commits.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .operations
+            .fetch_add(applied, Ordering::Relaxed);
         Ok(out)
     }
 }
@@ -242,10 +303,22 @@ pub(crate) fn is_busy(e: &rusqlite::Error) -> bool {
     )
 }
 
-/// Applies one operation inside the current transaction.
-fn apply(conn: &Connection, op: &Op, now: Millis) -> rusqlite::Result<StoreResult<Reply>> {
+/// Applies one operation inside the current transaction; `seq` is the token counter,
+/// loaded by the first claim of the transaction.
+fn apply(
+    conn: &Connection,
+    op: &Op,
+    now: Millis,
+    seq: &mut Option<TokenSeq>,
+) -> rusqlite::Result<StoreResult<Reply>> {
     Ok(match op {
-        Op::Claim(c) => ops::claim(conn, c, now)?.map(Reply::Claim),
+        Op::Claim(c) => {
+            let seq = match seq {
+                Some(s) => s,
+                None => seq.insert(TokenSeq::load(conn)?),
+            };
+            ops::claim(conn, c, now, seq)?.map(Reply::Claim)
+        }
         Op::Settle {
             id,
             token,

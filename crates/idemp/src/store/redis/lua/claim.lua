@@ -1,39 +1,78 @@
 -- claim: KEYS[1] record.
--- ARGV: 1 scope, 2 key, 3 fingerprint (raw bytes or ''), 4 lease ms, 5 ttl ms,
---       6 take over expired ('1'/'0'), 7 now override, 8 guard ms.
--- Reply: {1, token, lease_until, previous token (0: none), attempt}
---      | {2, now, F...} existing | {3, now, F...} fingerprint mismatch.
+-- ARGV: 1 id, 2 fingerprint (raw bytes or ''), 3 lease ms, 4 ttl ms,
+--       5 take over expired ('1'/'0'), 6 now override, 7 max(lease, ttl, guard) ms,
+--       8 guard ms.
+-- Reply: token (an integer: a fresh claim whose token is the clock, lease_until =
+--        token + lease; the common case, kept small)
+--      | {1, token, lease_until, previous token (0: none), attempt}
+--      | {2, now, fields...} existing | {3, now, fields...} fingerprint mismatch.
 local k = KEYS[1]
-local now = now_ms(ARGV[7])
-local h = redis.call('HMGET', k, 'state', 'token', 'scope', 'key', 'fp', 'lease_until',
-  'expires', 'attempts', 'created')
+local now, now_s = clock(ARGV[6])
+local state = redis.call('HGET', k, 'state')
+
+if not state and now >= 1 then
+  -- fast path: a fresh key; token = created = since = now
+  if ARGV[2] == '' then
+    redis.call('HSET', k, 'state', 'p', 'token', now_s, 'id', ARGV[1], 'lease', ARGV[3],
+      'ttl', ARGV[4])
+  else
+    redis.call('HSET', k, 'state', 'p', 'token', now_s, 'id', ARGV[1], 'lease', ARGV[3],
+      'ttl', ARGV[4], 'fp', ARGV[2])
+  end
+  redis.call('PEXPIRE', k, ARGV[7])
+  return now
+end
+
+local h = redis.call('HMGET', k, 'state', 'token', 'id', 'fp', 'lease', 'ttl', 'settled',
+  'attempts', 'created', 'since', 'w')
 local seq = tonumber(h[2]) or 0
+local token = seq + 1
+if now > token then
+  token = now
+end
+local lease = tonumber(ARGV[3])
+local ttl = tonumber(ARGV[4])
 local prev = 0
 local attempts = 1
-local created = now
-if is_live(h[1], h[7], now) then
-  if h[3] ~= ARGV[1] or h[4] ~= ARGV[2] then
+local created = now_s
+local fp = ARGV[2]
+local waited = false
+if is_live(h[1], h[7], h[6], now) then
+  if h[3] ~= ARGV[1] then
     return redis.error_reply('IDEMP_COLLISION two record ids share the key ' .. k)
   end
-  if ARGV[3] ~= '' and h[5] and h[5] ~= '' and h[5] ~= ARGV[3] then
+  if ARGV[2] ~= '' and h[4] and h[4] ~= ARGV[2] then
     return record(k, 3, now)
   end
-  if h[1] ~= 'p' or tonumber(h[6]) > now or ARGV[6] ~= '1' then
+  if h[1] ~= 'p' or ARGV[5] ~= '1'
+      or tonumber(h[10] or h[9] or h[2]) + tonumber(h[5]) > now then
     return record(k, 2, now)
   end
+  -- take over an expired lease: keep the first claim's time, the fingerprint when the
+  -- claimant has none, and the waiters
   prev = seq
   attempts = (tonumber(h[8]) or 1) + 1
-  created = tonumber(h[9]) or now
-elseif h[1] then
-  -- a tombstone or an expired settled record: start afresh, keeping the counter
-  redis.call('DEL', k)
+  created = h[9] or h[2]
+  if fp == '' then
+    fp = h[4] or ''
+  end
+  waited = h[11]
 end
-local token = math.max(seq + 1, now)
-local lease = tonumber(ARGV[4])
-local ttl = tonumber(ARGV[5])
-local lease_until = now + lease
-redis.call('HSET', k, 'state', 'p', 'token', token, 'scope', ARGV[1], 'key', ARGV[2],
-  'fp', ARGV[3], 'attempts', attempts, 'created', created, 'updated', now,
-  'lease_until', lease_until, 'ttl', ttl)
-keep(k, math.max(lease, ttl), token, now, tonumber(ARGV[8]))
-return {1, token, lease_until, prev, attempts}
+-- a tombstone, an expired settled record, or a taken-over lease: start afresh,
+-- keeping the counter
+redis.call('DEL', k)
+redis.call('HSET', k, 'state', 'p', 'token', fmt('%d', token), 'id', ARGV[1],
+  'lease', ARGV[3], 'ttl', ARGV[4], 'attempts', fmt('%d', attempts), 'created', created,
+  'since', now_s)
+if fp ~= '' then
+  redis.call('HSET', k, 'fp', fp)
+end
+if waited then
+  redis.call('HSET', k, 'w', '1')
+end
+local retain = lease
+if ttl > retain then
+  retain = ttl
+end
+keep(k, retain, token, now, tonumber(ARGV[8]))
+return {1, token, now + lease, prev, attempts}

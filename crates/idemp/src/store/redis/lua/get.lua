@@ -1,13 +1,15 @@
--- get: KEYS[1] record. ARGV: 1 now override.
--- Reply: {2, now, F..., scope, key} when live, else {0, now}.
+-- get (and watch): KEYS[1] record. ARGV: 1 now override, 2 '1' to mark an in-progress
+-- record as waited for (its settle, release or purge then publishes).
+-- Reply: {2, now, fields...} when live, else {0, now}.
 local k = KEYS[1]
-local now = now_ms(ARGV[1])
-local h = redis.call('HMGET', k, 'state', 'expires')
-if not is_live(h[1], h[2], now) then
+local now = clock(ARGV[1])
+local r = fields(k)
+if not is_live(r[1], r[9], r[8], now) then
   return {0, now}
 end
-local r = record(k, 2, now)
-local id = redis.call('HMGET', k, 'scope', 'key')
-table.insert(r, id[1])
-table.insert(r, id[2])
+if ARGV[2] == '1' and r[1] == 'p' then
+  redis.call('HSET', k, 'w', '1')
+end
+table.insert(r, 1, now)
+table.insert(r, 1, 2)
 return r

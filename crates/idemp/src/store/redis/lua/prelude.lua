@@ -1,33 +1,51 @@
 -- idemp Redis store: shared prelude of every script (see store/redis/mod.rs).
 --
--- One hash per record. Fields: scope, key, state ('p' in progress, 'c' completed,
--- 'f' failed, 't' tombstone), token, fp (raw 32-byte SHA-256 or ''), attempts,
--- created, updated, lease_until, ttl, expires, codec, compression, outcome.
+-- One hash per record. Fields:
+--   state    'p' in progress, 'c' completed, 'f' failed, 't' tombstone
+--   token    the fencing token (decimal)
+--   id       '<byte length of scope>:<scope><key>' (checked against the caller's)
+--   fp       raw 32-byte SHA-256 of the payload (absent: none)
+--   attempts acquisitions of the key (absent: 1)
+--   created  when first claimed, ms (absent: token, which is the claim's clock)
+--   since    when the current lease started (claim or renew), ms (absent: created)
+--   lease    lease length, ms: lease_until = since + lease
+--   ttl      retention, ms: of a settled record from `settled`, of an in-progress one
+--            from its claim (physically)
+--   settled  when completed or failed, ms: expires = settled + ttl
+--   enc      '<codec>:<compression>' of the outcome
+--   outcome  the outcome bytes
+--   w        present while someone waits: only then do settle, release and purge
+--            publish a notification
 --
 -- Tokens are hybrid logical clock values: token = max(previous token + 1, now_ms).
 -- The previous token survives a release or purge in a tombstone (state 't') that is
 -- kept until the clock has passed it (plus a guard), so tokens stay strictly
 -- increasing per key even after the record is gone.
-local F = {'state', 'token', 'fp', 'attempts', 'created', 'updated', 'lease_until',
-  'expires', 'codec', 'compression', 'outcome'}
+--
+-- The hot paths (fresh claim, settle) store times as the strings TIME gives and
+-- durations as the caller passed them: formatting a Lua number costs about a
+-- microsecond, more than most commands here.
+local fmt = string.format
 
--- Milliseconds since the epoch from the server's clock (one clock for every worker),
--- or the caller's override (tests).
-local function now_ms(override)
+-- The clock: milliseconds since the epoch from the server's TIME (one clock for
+-- every worker), or the caller's override (tests). Returns the number and its
+-- decimal string.
+local function clock(override)
   if override ~= '' then
-    return tonumber(override)
+    return tonumber(override), override
   end
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local s = t[1] .. string.sub('00000' .. t[2], -6, -4)
+  return tonumber(s), s
 end
 
--- Whether a record with this state/expiry is visible at `now`.
-local function is_live(state, expires, now)
+-- Whether a record is visible at `now`.
+local function is_live(state, settled, ttl, now)
   if state == 'p' then
     return true
   end
   if state == 'c' or state == 'f' then
-    return (tonumber(expires) or 0) > now
+    return (tonumber(settled) or 0) + (tonumber(ttl) or 0) > now
   end
   return false
 end
@@ -42,12 +60,18 @@ local function keep(k, ms, token, now, guard)
   if ms < 1 then
     ms = 1
   end
-  redis.call('PEXPIRE', k, ms)
+  redis.call('PEXPIRE', k, fmt('%d', ms))
 end
 
--- The full record as a reply: {code, now, F...}.
+-- The fields of a record reply, in order.
+local function fields(k)
+  return redis.call('HMGET', k, 'state', 'token', 'fp', 'attempts', 'created', 'since',
+    'lease', 'ttl', 'settled', 'enc', 'outcome', 'id')
+end
+
+-- The full record as a reply: {code, now, fields...}.
 local function record(k, code, now)
-  local r = redis.call('HMGET', k, unpack(F))
+  local r = fields(k)
   table.insert(r, 1, now)
   table.insert(r, 1, code)
   return r
@@ -56,13 +80,13 @@ end
 -- Replaces the record by a tombstone that only keeps the token counter.
 local function tombstone(k, token, now, guard)
   redis.call('DEL', k)
-  redis.call('HSET', k, 'state', 't', 'token', token)
+  redis.call('HSET', k, 'state', 't', 'token', fmt('%d', token))
   keep(k, 0, token, now, guard)
 end
 
 -- Fenced reply: {0, current token} when a live record holds another token, else {0}.
-local function fenced(state, token, expires, now)
-  if is_live(state, expires, now) then
+local function fenced(state, token, settled, ttl, now)
+  if is_live(state, settled, ttl, now) then
     return {0, tonumber(token)}
   end
   return {0}

@@ -2,11 +2,13 @@
 -- ARGV: 1 now override, 2 guard ms, 3 channel, 4 message.
 -- Reply: 1 when a live record was removed, else 0.
 local k = KEYS[1]
-local now = now_ms(ARGV[1])
-local h = redis.call('HMGET', k, 'state', 'token', 'expires')
-if not is_live(h[1], h[3], now) then
+local now = clock(ARGV[1])
+local h = redis.call('HMGET', k, 'state', 'token', 'settled', 'ttl', 'w')
+if not is_live(h[1], h[3], h[4], now) then
   return 0
 end
 tombstone(k, tonumber(h[2]), now, tonumber(ARGV[2]))
-redis.call('PUBLISH', ARGV[3], ARGV[4])
+if h[5] then
+  redis.call('PUBLISH', ARGV[3], ARGV[4])
+end
 return 1

@@ -1,13 +1,14 @@
 -- release: KEYS[1] record.
 -- ARGV: 1 token, 2 now override, 3 guard ms, 4 channel, 5 message.
--- Reply: {1} released | {0[, current]} fenced.
+-- Reply: 1 released | {0[, current]} fenced.
 local k = KEYS[1]
-local now = now_ms(ARGV[2])
-local h = redis.call('HMGET', k, 'state', 'token', 'expires')
-local token = tonumber(ARGV[1])
-if h[1] ~= 'p' or tonumber(h[2]) ~= token then
-  return fenced(h[1], h[2], h[3], now)
+local now = clock(ARGV[2])
+local h = redis.call('HMGET', k, 'state', 'token', 'settled', 'ttl', 'w')
+if h[1] ~= 'p' or h[2] ~= ARGV[1] then
+  return fenced(h[1], h[2], h[3], h[4], now)
 end
-tombstone(k, token, now, tonumber(ARGV[3]))
-redis.call('PUBLISH', ARGV[4], ARGV[5])
-return {1}
+tombstone(k, tonumber(ARGV[1]), now, tonumber(ARGV[3]))
+if h[5] then
+  redis.call('PUBLISH', ARGV[4], ARGV[5])
+end
+return 1
