@@ -594,6 +594,9 @@ def main() -> int:
         "",
         "## Headlines",
         "",
+        "Ratios are idemp against the named peer, measured in this run; above 1× idemp is faster "
+        "(for a bound, the share of the bound idemp reaches).",
+        "",
     ]
     for a in areas:
         if a.headline:
@@ -612,6 +615,25 @@ def main() -> int:
         if svg:
             (args.docs / "bench" / f"{a.slug}.svg").write_text(svg)
         lines.append(a.markdown(svg is not None))
+    lines += [
+        "## Reproducing one area",
+        "",
+        "`bench/run` needs PostgreSQL and Redis on loopback (it calls `scripts/services.sh`) and "
+        "creates a throwaway venv in bench/.venv for the Python peers. One area at a time:",
+        "",
+        "```sh",
+        "export CARGO_TARGET_DIR=target",
+        "cargo bench -p idemp --all-features --bench keys     # also canon, guard, sqlite (criterion)",
+        "IDEMP_BENCH_SECS=3 cargo bench -p idemp --all-features --bench redis      # tables",
+        "IDEMP_BENCH_SECS=3 cargo bench -p idemp --all-features --bench postgres",
+        "PROXY_BENCH_SECS=2 cargo bench -p idemp-cli --bench proxy",
+        "bench/.venv/bin/python bench/python/keys_bench.py --seconds 1",
+        "bench/.venv/bin/python bench/python/canon_bench.py",
+        "bench/.venv/bin/python bench/python/idempotency_filestore_bench.py --seconds 3",
+        "python3 bench/report.py target/bench-run   # rewrite this page from a run's outputs",
+        "```",
+        "",
+    ]
     lines += ["## Raw outputs", "", "What the harness=false benches and the Python peers printed in this run.", ""]
     for name in ("bench_postgres", "bench_redis", "redis_raw", "bench_proxy", "py_keys", "py_canon", "py_filestore"):
         t = run.text(name).strip()
