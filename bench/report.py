@@ -382,7 +382,8 @@ def sqlite_area(run: Run) -> Area:
             a.headline.append(f"{plural(t, 'task')}: NORMAL {ratio(n, p)} FileStore (FULL {ratio(f, p)})")
     a.notes.append("FileStore never fsyncs (one JSON file per record, write + rename), so it compares "
                    "with synchronous=NORMAL; FULL pays one fsync per commit (shared by the commits "
-                   "grouped together under concurrency), which is why FULL with one task is far below it.")
+                   "grouped together under concurrency), so FULL with one task is bound by the disk's "
+                   "fsync latency, which swings with the other jobs on this machine.")
     a.bar_unit, a.bar_title = "k exec/s", "settled executions per second (longer is faster)"
     a.bars = [(l, v / 1e3 if v else None, k) for l, v, k in a.bars]
     return a
