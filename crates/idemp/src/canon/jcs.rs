@@ -9,7 +9,7 @@ use std::cmp::Ordering;
 use serde_json::Value;
 
 use super::number::write_es_number;
-use super::parse::{Node, Str, Tape};
+use super::parse::{LeafWriter, Node, Str, Tape};
 use super::python::decode_generalized;
 use super::swar::skip_json_plain;
 
@@ -138,59 +138,47 @@ pub fn write_jcs_value(value: &Value, out: &mut Vec<u8>) {
     }
 }
 
-fn write_tape_str(tape: &Tape<'_>, s: Str, out: &mut Vec<u8>) {
-    if s.decoded {
-        write_str(tape.str(s), out);
-    } else {
-        // A raw input slice holds no quote, backslash or control character.
-        tape.write_raw_quoted(s, out);
+/// Leaves in RFC 8785 form.
+pub(crate) struct Jcs;
+
+impl LeafWriter for Jcs {
+    fn scalar(tape: &Tape<'_>, node: Node, out: &mut Vec<u8>) {
+        match node {
+            Node::Null => out.extend_from_slice(b"null"),
+            Node::True => out.extend_from_slice(b"true"),
+            Node::False => out.extend_from_slice(b"false"),
+            // The JCS parser rejects these and keeps integers as doubles; write what a
+            // JavaScript `JSON.stringify` would, should a tape of the other format get here.
+            Node::NaN | Node::Infinity | Node::NegInfinity => out.extend_from_slice(b"null"),
+            Node::Int { start, len } => {
+                let text = &tape.input[start as usize..(start + len) as usize];
+                let v = std::str::from_utf8(text)
+                    .ok()
+                    .and_then(|t| t.parse::<f64>().ok())
+                    .unwrap_or(0.0);
+                write_es_number(v, out);
+            }
+            Node::Float(v) => write_es_number(v, out),
+            // `parse::write_tape` writes these itself and never passes them here.
+            Node::Str(_) | Node::Array { .. } | Node::Object { .. } => {
+                unreachable!("strings and containers are not leaves of LeafWriter::scalar")
+            }
+        }
+    }
+
+    fn string(tape: &Tape<'_>, s: Str, out: &mut Vec<u8>) {
+        if s.decoded {
+            write_str(tape.str(s), out);
+        } else {
+            // A raw input slice holds no quote, backslash or control character.
+            tape.write_raw_quoted(s, out);
+        }
     }
 }
 
 /// Writes node `index` of a parsed tape (parsed with the JCS rules) in RFC 8785 form.
 pub(crate) fn write_tape(tape: &Tape<'_>, index: u32, out: &mut Vec<u8>) {
-    match tape.nodes[index as usize] {
-        Node::Null => out.extend_from_slice(b"null"),
-        Node::True => out.extend_from_slice(b"true"),
-        Node::False => out.extend_from_slice(b"false"),
-        // The JCS parser rejects these and keeps integers as doubles; write what a
-        // JavaScript `JSON.stringify` would, should a tape of the other format get here.
-        Node::NaN | Node::Infinity | Node::NegInfinity => out.extend_from_slice(b"null"),
-        Node::Int { start, len } => {
-            let text = &tape.input[start as usize..(start + len) as usize];
-            let v = std::str::from_utf8(text)
-                .ok()
-                .and_then(|t| t.parse::<f64>().ok())
-                .unwrap_or(0.0);
-            write_es_number(v, out);
-        }
-        Node::Float(v) => write_es_number(v, out),
-        Node::Str(s) => write_tape_str(tape, s, out),
-        Node::Array { start, len } => {
-            out.push(b'[');
-            let items = &tape.items[start as usize..(start + len) as usize];
-            for (i, &item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_tape(tape, item, out);
-            }
-            out.push(b']');
-        }
-        Node::Object { start, len } => {
-            out.push(b'{');
-            let members = &tape.members[start as usize..(start + len) as usize];
-            for (i, member) in members.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_tape_str(tape, member.key, out);
-                out.push(b':');
-                write_tape(tape, member.value, out);
-            }
-            out.push(b'}');
-        }
-    }
+    super::parse::write_tape::<Jcs>(tape, index, out);
 }
 
 #[cfg(test)]

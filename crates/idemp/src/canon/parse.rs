@@ -820,3 +820,44 @@ fn push_generalized_utf8(cp: u32, out: &mut Vec<u8>) {
         ]);
     }
 }
+
+/// How one output format writes the leaves of a tape (scalars and strings). Arrays and
+/// objects are written the same way in every format, by [`write_tape`].
+pub(crate) trait LeafWriter {
+    /// Writes a node that is neither an array, an object nor a string.
+    fn scalar(tape: &Tape<'_>, node: Node, out: &mut Vec<u8>);
+    /// Writes a string node, quoted and escaped.
+    fn string(tape: &Tape<'_>, s: Str, out: &mut Vec<u8>);
+}
+
+/// Writes node `index` of a tape: containers here, leaves by the format `W`.
+pub(crate) fn write_tape<W: LeafWriter>(tape: &Tape<'_>, index: u32, out: &mut Vec<u8>) {
+    match tape.nodes[index as usize] {
+        Node::Str(s) => W::string(tape, s, out),
+        Node::Array { start, len } => {
+            out.push(b'[');
+            let items = &tape.items[start as usize..(start + len) as usize];
+            for (i, &item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_tape::<W>(tape, item, out);
+            }
+            out.push(b']');
+        }
+        Node::Object { start, len } => {
+            out.push(b'{');
+            let members = &tape.members[start as usize..(start + len) as usize];
+            for (i, member) in members.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                W::string(tape, member.key, out);
+                out.push(b':');
+                write_tape::<W>(tape, member.value, out);
+            }
+            out.push(b'}');
+        }
+        leaf => W::scalar(tape, leaf, out),
+    }
+}

@@ -9,7 +9,7 @@
 use serde_json::Value;
 
 use super::number::{write_i64, write_python_float, write_u64};
-use super::parse::{Node, Str, Tape};
+use super::parse::{LeafWriter, Node, Str, Tape};
 use super::swar::skip_printable_ascii;
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -160,55 +160,43 @@ pub fn write_python_value(value: &Value, out: &mut Vec<u8>) {
     }
 }
 
-fn write_tape_str(tape: &Tape<'_>, s: Str, out: &mut Vec<u8>) {
-    if s.plain {
-        tape.write_raw_quoted(s, out);
-    } else {
-        write_str(tape.str(s), out);
+/// Leaves in the python-compat form.
+pub(crate) struct Python;
+
+impl LeafWriter for Python {
+    fn scalar(tape: &Tape<'_>, node: Node, out: &mut Vec<u8>) {
+        match node {
+            Node::Null => out.extend_from_slice(b"null"),
+            Node::True => out.extend_from_slice(b"true"),
+            Node::False => out.extend_from_slice(b"false"),
+            Node::NaN => out.extend_from_slice(b"NaN"),
+            Node::Infinity => out.extend_from_slice(b"Infinity"),
+            Node::NegInfinity => out.extend_from_slice(b"-Infinity"),
+            Node::Int { start, len } => {
+                let text = &tape.input[start as usize..(start + len) as usize];
+                // `-0` is the only integer text Python prints differently (`int("-0") == 0`).
+                out.extend_from_slice(if text == b"-0" { b"0" } else { text });
+            }
+            Node::Float(v) => write_python_float(v, out),
+            // `parse::write_tape` writes these itself and never passes them here.
+            Node::Str(_) | Node::Array { .. } | Node::Object { .. } => {
+                unreachable!("strings and containers are not leaves of LeafWriter::scalar")
+            }
+        }
+    }
+
+    fn string(tape: &Tape<'_>, s: Str, out: &mut Vec<u8>) {
+        if s.plain {
+            tape.write_raw_quoted(s, out);
+        } else {
+            write_str(tape.str(s), out);
+        }
     }
 }
 
 /// Writes node `index` of a parsed tape in the python-compat form.
 pub(crate) fn write_tape(tape: &Tape<'_>, index: u32, out: &mut Vec<u8>) {
-    match tape.nodes[index as usize] {
-        Node::Null => out.extend_from_slice(b"null"),
-        Node::True => out.extend_from_slice(b"true"),
-        Node::False => out.extend_from_slice(b"false"),
-        Node::NaN => out.extend_from_slice(b"NaN"),
-        Node::Infinity => out.extend_from_slice(b"Infinity"),
-        Node::NegInfinity => out.extend_from_slice(b"-Infinity"),
-        Node::Int { start, len } => {
-            let text = &tape.input[start as usize..(start + len) as usize];
-            // `-0` is the only integer text Python prints differently (`int("-0") == 0`).
-            out.extend_from_slice(if text == b"-0" { b"0" } else { text });
-        }
-        Node::Float(v) => write_python_float(v, out),
-        Node::Str(s) => write_tape_str(tape, s, out),
-        Node::Array { start, len } => {
-            out.push(b'[');
-            let items = &tape.items[start as usize..(start + len) as usize];
-            for (i, &item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_tape(tape, item, out);
-            }
-            out.push(b']');
-        }
-        Node::Object { start, len } => {
-            out.push(b'{');
-            let members = &tape.members[start as usize..(start + len) as usize];
-            for (i, member) in members.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_tape_str(tape, member.key, out);
-                out.push(b':');
-                write_tape(tape, member.value, out);
-            }
-            out.push(b'}');
-        }
-    }
+    super::parse::write_tape::<Python>(tape, index, out);
 }
 
 #[cfg(test)]
