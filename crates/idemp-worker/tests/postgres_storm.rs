@@ -11,7 +11,7 @@ use idemp::store::postgres::{PostgresOptions, PostgresStore};
 use idemp::store::{Claim, ClaimOutcome, Codec, Outcome, RecordKey, State, Store, StoreError};
 
 mod support;
-use support::{WORKER, effect_lines, run_and_kill, until_ambiguous};
+use support::{StormReport, WORKER, effect_lines, run_and_kill, until_ambiguous};
 
 fn server() -> String {
     std::env::var("IDEMP_TEST_POSTGRES_URL")
@@ -105,33 +105,15 @@ async fn four_processes_storming_one_schema_run_each_effect_once() {
                 .expect("spawn idemp-worker")
         })
         .collect();
-    let mut values: HashMap<String, Vec<String>> = HashMap::new();
-    let mut executed = 0;
+    let mut report = StormReport::default();
     for child in children {
         let out = tokio::task::spawn_blocking(move || child.wait_with_output())
             .await
             .unwrap()
             .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "worker failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        for line in stdout.lines() {
-            let parts: Vec<&str> = line.split(' ').collect();
-            match parts.as_slice() {
-                ["VALUE", key, value] => values
-                    .entry(key.to_string())
-                    .or_default()
-                    .push(value.to_string()),
-                ["DONE", e, _] => {
-                    executed += e.trim_start_matches("executed=").parse::<usize>().unwrap()
-                }
-                _ => panic!("unexpected line {line:?}"),
-            }
-        }
+        report.add(&out);
     }
+    let StormReport { values, executed } = report;
     // Side effects, counted in the fsynced log: exactly one per key.
     let lines = effect_lines(&effects);
     let mut per_key: HashMap<&str, usize> = HashMap::new();

@@ -12,7 +12,7 @@ use idemp::store::redis::RedisStore;
 use idemp::store::{Claim, ClaimOutcome, Codec, Outcome, RecordKey, State, Store, StoreError};
 
 mod support;
-use support::{WORKER, effect_lines, run_and_kill, until_ambiguous};
+use support::{StormReport, WORKER, effect_lines, run_and_kill, until_ambiguous};
 
 fn base_url() -> String {
     std::env::var("IDEMP_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
@@ -61,28 +61,11 @@ async fn four_processes_storming_one_redis_run_each_effect_once() {
     })
     .await
     .unwrap();
-    let mut values: HashMap<String, Vec<String>> = HashMap::new();
-    let mut executed = 0;
-    for out in outputs {
-        assert!(
-            out.status.success(),
-            "worker failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let parts: Vec<&str> = line.split(' ').collect();
-            match parts.as_slice() {
-                ["VALUE", key, value] => values
-                    .entry(key.to_string())
-                    .or_default()
-                    .push(value.to_string()),
-                ["DONE", e, _] => {
-                    executed += e.trim_start_matches("executed=").parse::<usize>().unwrap()
-                }
-                _ => panic!("unexpected line {line:?}"),
-            }
-        }
+    let mut report = StormReport::default();
+    for out in &outputs {
+        report.add(out);
     }
+    let StormReport { values, executed } = report;
     // Side effects, counted in the fsynced log: exactly one per key.
     let lines = effect_lines(&effects);
     let mut per_key: HashMap<&str, usize> = HashMap::new();

@@ -10,7 +10,7 @@ use idemp::store::sqlite::SqliteStore;
 use idemp::store::{Claim, ClaimOutcome, Codec, Outcome, RecordKey, State, Store, StoreError};
 
 mod support;
-use support::{WORKER, effect_lines, run_and_kill, until_ambiguous};
+use support::{StormReport, WORKER, effect_lines, run_and_kill, until_ambiguous};
 
 #[test]
 fn four_processes_storming_one_file_run_each_effect_once() {
@@ -31,30 +31,12 @@ fn four_processes_storming_one_file_run_each_effect_once() {
                 .expect("spawn idemp-worker")
         })
         .collect();
-    let mut values: HashMap<String, Vec<String>> = HashMap::new();
-    let mut executed = 0;
+    let mut report = StormReport::default();
     for child in children {
         let out = child.wait_with_output().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "worker failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        for line in stdout.lines() {
-            let parts: Vec<&str> = line.split(' ').collect();
-            match parts.as_slice() {
-                ["VALUE", key, value] => values
-                    .entry(key.to_string())
-                    .or_default()
-                    .push(value.to_string()),
-                ["DONE", e, _] => {
-                    executed += e.trim_start_matches("executed=").parse::<usize>().unwrap()
-                }
-                _ => panic!("unexpected line {line:?}"),
-            }
-        }
+        report.add(&out);
     }
+    let StormReport { values, executed } = report;
     // Side effects, counted in the fsynced log: exactly one per key.
     let lines = effect_lines(&effects);
     assert_eq!(lines.len(), KEYS, "one effect per key");

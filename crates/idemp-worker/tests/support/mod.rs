@@ -1,9 +1,10 @@
 //! Helpers shared by the multi-process tests: driving `idemp-worker` processes and
 //! reading what they left behind, whatever the store.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use idemp::clock::{Clock, SystemClock};
@@ -62,5 +63,44 @@ pub async fn until_ambiguous<S: Store + ?Sized>(store: &S, id: &RecordKey, margi
         }
         assert!(Instant::now() < deadline, "lease never passed: {rec:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What `idemp-worker storm` processes reported: every value each key was answered
+/// with (one per contender) and how many executions they ran in all.
+#[derive(Debug, Default)]
+pub struct StormReport {
+    /// Key → the values the contenders got.
+    pub values: HashMap<String, Vec<String>>,
+    /// Executions the workers ran (they count their own).
+    pub executed: usize,
+}
+
+impl StormReport {
+    /// Adds one worker's output; panics if the worker failed or printed an unexpected
+    /// line.
+    pub fn add(&mut self, out: &Output) {
+        assert!(
+            out.status.success(),
+            "worker failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let parts: Vec<&str> = line.split(' ').collect();
+            match parts.as_slice() {
+                ["VALUE", key, value] => self
+                    .values
+                    .entry(key.to_string())
+                    .or_default()
+                    .push(value.to_string()),
+                ["DONE", e, _] => {
+                    self.executed += e
+                        .trim_start_matches("executed=")
+                        .parse::<usize>()
+                        .expect("executed=N")
+                }
+                _ => panic!("unexpected line {line:?}"),
+            }
+        }
     }
 }
