@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import importlib.util
 import json
 import os
 import re
@@ -557,6 +558,25 @@ def svg_bars(title: str, unit: str, bars: list[tuple[str, float | None, str]]) -
 # ---------------------------------------------------------------- main
 
 
+def extra_modules() -> list:
+    """The area modules in bench/areas/*.py (name order). Each defines
+    `build(run, lib) -> list[Area]` (`lib` is this module: Area, nm, ratio, fmt_rate…)
+    and may define `RAW`, the names of the steps whose output goes to "Raw outputs"."""
+    mods = []
+    for f in sorted((Path(__file__).resolve().parent / "areas").glob("*.py")):
+        spec = importlib.util.spec_from_file_location(f"bench_area_{f.stem}", f)
+        if spec is None or spec.loader is None:
+            continue
+        mod = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(mod)
+        except Exception as e:  # a broken area module must not lose the report
+            print(f"report: cannot load {f.name}: {e}", file=sys.stderr)
+            continue
+        mods.append(mod)
+    return mods
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description="write docs/benchmarks.md from a bench/run output directory")
     ap.add_argument("run_dir", type=Path)
@@ -572,6 +592,16 @@ def main() -> int:
             areas.append(build(run))
         except Exception as e:  # a malformed input must not lose the whole report
             a = Area(build.__name__.removesuffix("_area"), build.__name__.removesuffix("_area"), "")
+            a.notes.append(nm(f"report could not read its inputs: {type(e).__name__}: {e}"))
+            areas.append(a)
+
+    lib = sys.modules[__name__]
+    extras = extra_modules()
+    for mod in extras:
+        try:
+            areas.extend(mod.build(run, lib))
+        except Exception as e:
+            a = Area(mod.__name__, mod.__name__, "")
             a.notes.append(nm(f"report could not read its inputs: {type(e).__name__}: {e}"))
             areas.append(a)
 
@@ -636,7 +666,10 @@ def main() -> int:
         "",
     ]
     lines += ["## Raw outputs", "", "What the harness=false benches and the Python peers printed in this run.", ""]
-    for name in ("bench_postgres", "bench_redis", "redis_raw", "bench_proxy", "py_keys", "py_canon", "py_filestore"):
+    raw = ["bench_postgres", "bench_redis", "redis_raw", "bench_proxy", "py_keys", "py_canon", "py_filestore"]
+    for mod in extras:
+        raw += [r for r in getattr(mod, "RAW", []) if r not in raw]
+    for name in raw:
         t = run.text(name).strip()
         lines += [f"<details><summary>{name}</summary>", "", "```", t if t else nm(run.why_missing(name)), "```", "", "</details>", ""]
     (args.docs / "benchmarks.md").write_text("\n".join(lines).rstrip() + "\n")
