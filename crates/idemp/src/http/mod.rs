@@ -34,16 +34,19 @@
 //! ```
 
 pub mod config;
+pub mod delivery;
 pub mod fingerprint;
 pub mod header;
 mod layer;
 mod lease;
 pub mod observe;
+pub mod path;
 pub mod problem;
 pub mod replay;
 pub mod scope;
 
 pub use config::{Builder, Config, StatusSet};
+pub use delivery::Delivery;
 pub use header::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, IdempotencyKey, KeyError};
 pub use layer::{
     BoxError, Disposition, Idempotency, IdempotencyLayer, InFlight, RequestBody, ResponseBody,
