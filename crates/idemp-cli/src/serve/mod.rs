@@ -269,6 +269,7 @@ fn disposition_name(d: Option<Disposition>) -> &'static str {
         Some(Disposition::Executed { stored: true, .. }) => "executed",
         Some(Disposition::Executed { .. }) => "executed_not_stored",
         Some(Disposition::Replayed) => "replayed",
+        Some(Disposition::Joined) => "joined",
         Some(Disposition::Refused(kind)) => kind.slug(),
         Some(Disposition::FailedOpen) => "failed_open",
         Some(_) => "other",

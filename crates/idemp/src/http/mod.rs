@@ -33,25 +33,27 @@
 //! # let _ = layer; Ok(()) }
 //! ```
 
+pub mod body;
+mod budget;
 pub mod config;
 pub mod delivery;
+pub mod encoding;
 pub mod fingerprint;
 pub mod header;
 mod layer;
-mod lease;
+mod live;
 pub mod observe;
 pub mod path;
 pub mod problem;
 pub mod replay;
 pub mod scope;
 
-pub use config::{Builder, Config, StatusSet};
+pub use body::{BoxError, ResponseBody, Truncated};
+pub use config::{Builder, Config, DEFAULT_MAX_BUFFERED_REQUEST_BYTES, RouteSettings, StatusSet};
 pub use delivery::Delivery;
-pub use header::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, IdempotencyKey, KeyError};
-pub use layer::{
-    BoxError, Disposition, Idempotency, IdempotencyLayer, InFlight, RequestBody, ResponseBody,
-};
+pub use header::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, KeyError};
+pub use layer::{Disposition, Idempotency, IdempotencyLayer, InFlight, RequestBody};
 pub use observe::{Event, NoopObserver, Observer, StoreOp};
 pub use problem::{Problem, ProblemKind};
-pub use replay::{ReplayHeaders, StoredResponse};
-pub use scope::{PrincipalExtractor, RouteExtractor};
+pub use replay::{NotStored, Recorded, ReplayHeaders, StoredResponse};
+pub use scope::{CredentialHeaders, PrincipalExtractor, RouteExtractor};
