@@ -473,7 +473,10 @@ where
                 return Ok(problem(p));
             }
         };
-        if held.grow_to(bytes.len() + decoded.len()).is_err() {
+        // A decoded copy is memory too, while it is hashed.
+        if matches!(decoded, std::borrow::Cow::Owned(_))
+            && held.grow_to(bytes.len() + decoded.len()).is_err()
+        {
             return Ok(overloaded());
         }
         fingerprint_normalized(
