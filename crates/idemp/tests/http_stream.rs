@@ -386,3 +386,112 @@ async fn responses_that_are_released_stream_through_untouched() {
     assert_eq!(retry.status, 201);
     assert_eq!(h.runs(), 2);
 }
+
+/// A memory store whose `complete` waits for the test.
+#[derive(Debug)]
+struct SlowComplete {
+    inner: idemp::store::DynStore,
+    entered: tokio::sync::Notify,
+    gate: tokio::sync::Semaphore,
+}
+
+#[async_trait::async_trait]
+impl idemp::store::Store for SlowComplete {
+    async fn claim(
+        &self,
+        c: &idemp::store::Claim,
+    ) -> idemp::store::StoreResult<idemp::store::ClaimOutcome> {
+        self.inner.claim(c).await
+    }
+    async fn complete(
+        &self,
+        id: &idemp::store::RecordKey,
+        t: idemp::store::Token,
+        o: idemp::store::Outcome,
+        ttl: Duration,
+    ) -> idemp::store::StoreResult<()> {
+        self.entered.notify_one();
+        self.gate.acquire().await.unwrap().forget();
+        self.inner.complete(id, t, o, ttl).await
+    }
+    async fn fail(
+        &self,
+        id: &idemp::store::RecordKey,
+        t: idemp::store::Token,
+        o: idemp::store::Outcome,
+        ttl: Duration,
+    ) -> idemp::store::StoreResult<()> {
+        self.inner.fail(id, t, o, ttl).await
+    }
+    async fn release(
+        &self,
+        id: &idemp::store::RecordKey,
+        t: idemp::store::Token,
+    ) -> idemp::store::StoreResult<()> {
+        self.inner.release(id, t).await
+    }
+    async fn renew(
+        &self,
+        id: &idemp::store::RecordKey,
+        t: idemp::store::Token,
+        lease: Duration,
+    ) -> idemp::store::StoreResult<u64> {
+        self.inner.renew(id, t, lease).await
+    }
+    async fn get(
+        &self,
+        id: &idemp::store::RecordKey,
+    ) -> idemp::store::StoreResult<Option<idemp::store::Record>> {
+        self.inner.get(id).await
+    }
+    async fn list(&self, q: &ListQuery) -> idemp::store::StoreResult<idemp::store::Page> {
+        self.inner.list(q).await
+    }
+    async fn purge(&self, id: &idemp::store::RecordKey) -> idemp::store::StoreResult<bool> {
+        self.inner.purge(id).await
+    }
+    async fn sweep(&self) -> idemp::store::StoreResult<u64> {
+        self.inner.sweep().await
+    }
+    async fn stats(&self) -> idemp::store::StoreResult<idemp::store::Stats> {
+        self.inner.stats().await
+    }
+    async fn wait(
+        &self,
+        id: &idemp::store::RecordKey,
+        timeout: Duration,
+    ) -> idemp::store::StoreResult<Option<idemp::store::Record>> {
+        self.inner.wait(id, timeout).await
+    }
+}
+
+#[tokio::test]
+async fn a_duplicate_arriving_while_the_record_is_written_gets_the_replay() {
+    // Regression: a duplicate that found the stream ending (its copy handed to the
+    // store) was answered `response-not-stored`; it must wait for the record.
+    let store = Arc::new(SlowComplete {
+        inner: memory(),
+        entered: tokio::sync::Notify::new(),
+        gate: tokio::sync::Semaphore::new(0),
+    });
+    let h = Scripted::default();
+    let s = svc(&IdempotencyLayer::new(store.clone()), &h);
+    let first = tokio::spawn({
+        let s = s.clone();
+        async move { send(&s, post("/charges", Some("k"), "{}")).await }
+    });
+    // The first response ended; its record is being written.
+    store.entered.notified().await;
+    let dup = tokio::spawn({
+        let s = s.clone();
+        async move { send(&s, post("/charges", Some("k"), "{}")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    store.gate.add_permits(1);
+    let (first, dup) = (first.await.unwrap(), dup.await.unwrap());
+    assert_eq!(first.status, 201);
+    assert_eq!(dup.status, 201, "{dup:?}");
+    assert!(dup.replayed());
+    assert_eq!(dup.body, first.body);
+    assert_eq!(h.runs(), 1);
+}

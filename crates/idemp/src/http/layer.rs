@@ -560,13 +560,20 @@ impl Task {
         ResB::Error: Into<BoxError>,
     {
         let mut retake = false;
+        // Whether to watch for this key's response starting to stream in this process.
+        let mut watch_live = true;
         loop {
             // A response for this key streaming in this process: follow it.
-            if let Some(live) = self.shared.live.get(&self.id)
-                && let Some(answer) = self.join(&live, &parts.headers)
-            {
-                let _ = reply.send(Ok(answer));
-                return;
+            if let Some(live) = self.shared.live.get(&self.id) {
+                match self.join(&live, &parts.headers) {
+                    Some(answer) => {
+                        let _ = reply.send(Ok(answer));
+                        return;
+                    }
+                    // Not joinable for this client (its coding, or it is ending): wait
+                    // for the record through the guard instead.
+                    None => watch_live = false,
+                }
             }
             let guard = if retake {
                 &self.policy.retake
@@ -575,13 +582,17 @@ impl Task {
             };
             let begun = {
                 let begin = guard.begin_scoped(self.id.scope.as_str(), &self.id.key, Some(self.fp));
-                tokio::select! {
-                    biased;
-                    r = begin => r,
-                    // The owner of this key started streaming in this process while we
-                    // waited: stop waiting and join. (Safe to drop the claim: a live
-                    // stream means the key is held, so no claim of ours can win.)
-                    _ = self.shared.live.appeared(&self.id) => continue,
+                if watch_live {
+                    tokio::select! {
+                        biased;
+                        r = begin => r,
+                        // The owner of this key started streaming in this process while
+                        // we waited: stop waiting and join. (Safe to drop the claim: a
+                        // live stream means the key is held, so no claim of ours can win.)
+                        _ = self.shared.live.appeared(&self.id) => continue,
+                    }
+                } else {
+                    begin.await
                 }
             };
             let answer = match begun {
@@ -655,8 +666,9 @@ impl Task {
                     Some("it is still streaming to the first caller".into()),
                 ))
             }
-            // Wait for the record instead (the replay decodes it).
-            Join::Unacceptable => None,
+            // Wait for the record instead (the replay decodes it), or the record is
+            // being written as the stream ends.
+            Join::Unacceptable | Join::Ended => None,
         }
     }
 

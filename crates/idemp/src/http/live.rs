@@ -58,13 +58,15 @@ impl Registry {
         }
     }
 
-    /// Resolves when a live stream for `id` exists.
+    /// Resolves when a live stream for `id` exists that is still open.
     pub(crate) async fn appeared(&self, id: &RecordKey) -> Arc<Live> {
         loop {
             let notified = self.appeared.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(live) = self.get(id) {
+            if let Some(live) = self.get(id)
+                && live.is_open()
+            {
                 return live;
             }
             notified.await;
@@ -86,6 +88,12 @@ pub(crate) struct Live {
 
 #[derive(Debug)]
 struct State {
+    /// Joiners following the stream (their streams are alive).
+    joiners: usize,
+    /// The copy was dropped because the body outgrew the limit.
+    overflowed: bool,
+    /// The record was taken from the copy (the stream is ending).
+    taken: bool,
     /// `gap` bytes kept free for the record's prefix, then the body so far; `None`
     /// once the body outgrew `cap`.
     copy: Option<Vec<u8>>,
@@ -111,6 +119,17 @@ pub(crate) enum Join {
     TooLarge,
     /// The client does not accept the response's content coding; wait for the record.
     Unacceptable,
+    /// The stream is ending (its record is being written): wait for the record.
+    Ended,
+}
+
+/// Counts a joiner while its stream lives.
+struct Joiner(Arc<Live>);
+
+impl Drop for Joiner {
+    fn drop(&mut self) {
+        self.0.state.lock().joiners -= 1;
+    }
 }
 
 impl Live {
@@ -131,6 +150,9 @@ impl Live {
             head,
             codings,
             state: Mutex::new(State {
+                joiners: 0,
+                overflowed: false,
+                taken: false,
                 copy: Some(Vec::with_capacity(gap + first)),
                 gap,
                 cap,
@@ -166,6 +188,7 @@ impl Live {
             }
             Some(_) => {
                 // Outgrown: drop the copy, keep its tail as the joiners' window.
+                st.overflowed = true;
                 let copy = st.copy.take().unwrap_or_default();
                 let body = &copy[gap.min(copy.len())..];
                 let tail = &body[body.len().saturating_sub(WINDOW)..];
@@ -185,17 +208,30 @@ impl Live {
         whole
     }
 
+    /// Still streaming, its record not yet taken.
+    pub(crate) fn is_open(&self) -> bool {
+        let st = self.state.lock();
+        !st.taken && st.end.is_none()
+    }
+
     /// Body bytes so far.
     pub(crate) fn len(&self) -> u64 {
         self.state.lock().len
     }
 
     /// The record's outcome bytes (prefix, then body), if the copy holds the body.
+    /// The copy itself is handed over, unless joiners are still reading it: then the
+    /// record is a second copy (at most the limit, only while duplicates follow).
     pub(crate) fn take_record(&self) -> Option<Vec<u8>> {
         let mut st = self.state.lock();
         let len = usize::try_from(st.len).ok()?;
         let gap = st.gap;
-        let mut copy = st.copy.take()?;
+        st.taken = true;
+        let mut copy = if st.joiners == 0 {
+            st.copy.take()?
+        } else {
+            st.copy.clone()?
+        };
         if copy.is_empty() {
             copy.resize(gap, 0);
         }
@@ -227,15 +263,21 @@ impl Live {
         }
         let live = self.clone();
         {
-            let st = live.state.lock();
-            if st.copy.is_none() && st.len > 0 {
+            let mut st = live.state.lock();
+            if st.overflowed {
                 return Join::TooLarge;
             }
+            if st.taken || st.end.is_some() {
+                return Join::Ended;
+            }
+            st.joiners += 1;
         }
+        let joiner = Arc::new(Joiner(live.clone()));
         let on_cut_off = Arc::new(on_cut_off);
         let stream = futures_util::stream::unfold(Some(0u64), move |offset| {
             let live = live.clone();
             let on_cut_off = on_cut_off.clone();
+            let _joiner = joiner.clone();
             async move {
                 let offset = offset?;
                 let next = live.next_frame(offset).await;
@@ -373,6 +415,25 @@ mod tests {
             l.join(&Fingerprint([2; 32]), |_| true, || {}),
             Join::Mismatch
         ));
+        assert!(matches!(
+            l.join(&Fingerprint([1; 32]), |_| true, || {}),
+            Join::Ended
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_joiner_still_reading_when_the_record_is_taken_reads_to_the_end() {
+        let l = live(1 << 20);
+        l.push(&Bytes::from(vec![b'a'; 200 << 10]));
+        let joiner = follow(&l);
+        l.push(&Bytes::from_static(b"end"));
+        let rec = l.take_record().unwrap();
+        assert!(rec.len() > 200 << 10);
+        l.finish(true);
+        let (got, err) = drain(joiner).await;
+        assert_eq!(err, None);
+        assert_eq!(got.len(), (200 << 10) + 3);
+        assert_eq!(l.state.lock().joiners, 0);
     }
 
     #[tokio::test]
