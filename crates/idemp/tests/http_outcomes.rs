@@ -208,7 +208,7 @@ async fn forward_key_sends_explicit_and_derived_keys_to_the_handler() {
     send(&s, post("/charges", Some("client-key"), "{}")).await;
     send(&s, post("/charges", None, r#"{"a":1}"#)).await;
     send(&s, post("/charges", None, r#"{"a":2}"#)).await;
-    let seen = h.seen.lock();
+    let seen = h.seen.lock().clone();
     assert_eq!(seen[0].0["idempotency-key"], "client-key");
     let derived: Vec<String> = seen[1..]
         .iter()
@@ -221,7 +221,6 @@ async fn forward_key_sends_explicit_and_derived_keys_to_the_handler() {
         "{derived:?}"
     );
     assert_ne!(derived[0], derived[1]);
-    drop(seen);
     // Without forward_key, a derived key stays with the layer.
     let h2 = Scripted::default();
     let s2 = svc(

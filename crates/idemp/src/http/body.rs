@@ -154,7 +154,7 @@ where
         match &self.kind {
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Inner(body) => body.size_hint(),
-            Kind::Channel { hint, .. } => hint.clone(),
+            Kind::Channel { hint, .. } => *hint,
             Kind::Stream(_) | Kind::Decoding(_) => SizeHint::default(),
         }
     }

@@ -218,10 +218,13 @@ struct DeflateAuto<'a> {
     state: DeflateState<'a>,
 }
 
+/// The first bytes read back, then the rest of the input.
+type Peeked<'a> = io::Chain<io::Cursor<Vec<u8>>, Box<dyn Read + Send + 'a>>;
+
 enum DeflateState<'a> {
     Start(Option<Box<dyn Read + Send + 'a>>),
-    Zlib(flate2::read::ZlibDecoder<io::Chain<io::Cursor<Vec<u8>>, Box<dyn Read + Send + 'a>>>),
-    Raw(flate2::read::DeflateDecoder<io::Chain<io::Cursor<Vec<u8>>, Box<dyn Read + Send + 'a>>>),
+    Zlib(flate2::read::ZlibDecoder<Peeked<'a>>),
+    Raw(flate2::read::DeflateDecoder<Peeked<'a>>),
 }
 
 impl<'a> DeflateAuto<'a> {

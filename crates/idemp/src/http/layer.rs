@@ -860,14 +860,14 @@ impl Task {
             tracing::warn!(record = %self.id, previous_token = previous, "took over an expired lease: the earlier attempt is ambiguous");
             observer.event(Event::TakenOver);
         }
-        if self.config().forward_key && !parts.headers.contains_key(super::header::IDEMPOTENCY_KEY)
+        if self.config().forward_key
+            && !parts.headers.contains_key(super::header::IDEMPOTENCY_KEY)
+            && let Ok(k) = Key::new(self.id.key.clone())
         {
-            if let Ok(k) = Key::new(self.id.key.clone()) {
-                parts.headers.insert(
-                    super::header::IDEMPOTENCY_KEY,
-                    super::header::to_header_value(&k),
-                );
-            }
+            parts.headers.insert(
+                super::header::IDEMPOTENCY_KEY,
+                super::header::to_header_value(&k),
+            );
         }
         let req = Request::from_parts(parts, Either::Left(Full::new(bytes)));
         let in_flight = self.shared.in_flight.clone();

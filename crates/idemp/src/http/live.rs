@@ -175,7 +175,7 @@ impl Live {
         let fits = new_len <= cap as u64;
         match st.copy.as_mut() {
             Some(copy) if fits => {
-                if copy.len() == 0 {
+                if copy.is_empty() {
                     copy.resize(gap, 0);
                 }
                 let need = copy.len() + data.len();
@@ -452,7 +452,7 @@ mod tests {
         let l = live(100);
         let early = follow(&l);
         l.push(&Bytes::from(vec![1u8; 60]));
-        assert!(l.push(&Bytes::from(vec![2u8; 60])) == false);
+        assert!(!l.push(&Bytes::from(vec![2u8; 60])));
         assert!(l.take_record().is_none());
         assert!(matches!(
             l.join(&Fingerprint([1; 32]), |_| true, || {}),

@@ -262,7 +262,7 @@ pub const STRIPE_SHOULD_RETRY: http::HeaderName =
 
 /// `retry-after-ms`: whole milliseconds, rounded up, at least 1.
 pub fn retry_after_ms_value(after: Duration) -> HeaderValue {
-    let ms = after.as_millis() + u128::from(after.subsec_nanos() % 1_000_000 > 0);
+    let ms = after.as_millis() + u128::from(!after.subsec_nanos().is_multiple_of(1_000_000));
     HeaderValue::from(u64::try_from(ms).unwrap_or(u64::MAX).max(1))
 }
 
