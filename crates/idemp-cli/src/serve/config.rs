@@ -103,7 +103,7 @@ pub struct ServeArgs {
     /// list Authorization, Proxy-Authorization, x-api-key, api-key, x-goog-api-key).
     #[arg(
         long = "principal-header",
-        env = "IDEMP_PRINCIPAL_HEADERS",
+        env = "IDEMP_PRINCIPAL_HEADER",
         value_delimiter = ','
     )]
     pub principal_headers: Vec<String>,
@@ -235,6 +235,7 @@ struct FileConfig {
     on_ambiguous: Option<AmbiguityPolicy>,
     ambiguous_hold: Option<DurationValue>,
     forward_key: Option<bool>,
+    #[serde(alias = "principal_header")]
     principal_headers: Option<ListValue>,
     stored_statuses: Option<ListValue>,
     replay_headers: Option<ListValue>,
