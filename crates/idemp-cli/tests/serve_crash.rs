@@ -1,5 +1,7 @@
 //! `idemp serve` under stops: graceful SIGTERM, a client that hangs up, and `kill -9`
-//! mid-storm followed by a restart on the same SQLite file.
+//! mid-storm followed by a restart on the same SQLite file (under `--on-ambiguous
+//! retake`, the crashed requests run again; under the default `surface`, their
+//! retries are told the outcome is ambiguous and nothing runs twice).
 
 mod serve_support;
 
@@ -124,7 +126,16 @@ async fn kill_9_mid_storm_loses_no_completed_response_and_reruns_only_ambiguous_
     let up = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let store = format!("sqlite://{}", dir.path().join("idemp.db").display());
-    let args = ["--store", store.as_str(), "--lease", "2s", "--wait", "30s"];
+    let args = [
+        "--store",
+        store.as_str(),
+        "--lease",
+        "2s",
+        "--wait",
+        "30s",
+        "--on-ambiguous",
+        "retake",
+    ];
     let proxy = Proxy::start(&up.url(), &args);
     let c = client();
     let (done, running, unsent) = (0..8, 8..16, 16..24);
@@ -206,4 +217,49 @@ async fn kill_9_mid_storm_loses_no_completed_response_and_reruns_only_ambiguous_
             "{k}: ambiguous, retaken once after its lease"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_request_is_surfaced_as_ambiguous_by_default() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("idemp.db").display());
+    let args = ["--store", store.as_str(), "--lease", "1s", "--wait", "30s"];
+    let proxy = Proxy::start(&up.url(), &args);
+    let c = client();
+    let url = proxy.url("/charge?delay_ms=1500");
+    let cut = tokio::spawn({
+        let c = c.clone();
+        async move {
+            c.post(url)
+                .header("idempotency-key", "crash-surface")
+                .header("content-type", "application/json")
+                .body("{}")
+                .send()
+                .await
+                .is_ok()
+        }
+    });
+    until(|| up.state.running.load(Ordering::SeqCst) == 1).await;
+    drop(proxy); // kill -9
+    assert!(!cut.await.unwrap(), "the client never got an answer");
+
+    // The restarted proxy waits for the dead owner's lease, then surfaces it.
+    let proxy = Proxy::start(&up.url(), &args);
+    let res = c
+        .post(proxy.url("/charge?delay_ms=1500"))
+        .header("idempotency-key", "crash-surface")
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 409);
+    assert_eq!(res.headers()["x-should-retry"], "false");
+    let problem: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(
+        problem["type"],
+        "https://idemp.dev/problems/outcome-ambiguous"
+    );
+    assert_eq!(up.state.charges_of("crash-surface"), 1, "never run twice");
 }

@@ -377,7 +377,9 @@ async fn json_bodies_match_whatever_their_key_order_and_whitespace() {
     let h = Handler::default();
     let s = svc(&IdempotencyLayer::new(memory()), &h);
     send(&s, post(Some("k"), r#"{"a":1,"b":[1,2]}"#)).await;
-    let again = send(&s, post(Some("k"), "{ \"b\": [1, 2],\n \"a\": 1.0 }")).await;
+    // Numbers are kept exactly as sent (`1.0` would be another request): only key
+    // order and whitespace are canonicalized.
+    let again = send(&s, post(Some("k"), "{ \"b\": [1, 2],\n \"a\": 1 }")).await;
     assert_eq!(again.status, 201);
     assert!(again.replayed());
     // Query parameter order does not matter either.
@@ -460,6 +462,11 @@ async fn a_duplicate_waits_then_gets_409_with_retry_after() {
     let dup = send(&s, post(Some("k"), "{}")).await;
     assert_eq!(dup.status, 409);
     assert_eq!(dup.headers["retry-after"], "2");
+    assert_eq!(dup.headers["retry-after-ms"], "2000");
+    assert!(
+        dup.headers.get("x-should-retry").is_none(),
+        "409 in progress may be retried"
+    );
     assert_eq!(
         dup.problem_type(),
         "https://idemp.dev/problems/request-in-progress"
@@ -771,21 +778,17 @@ async fn unguarded_methods_pass_through_every_time() {
     assert_eq!(h.runs(), 8);
 }
 
-#[tokio::test]
-async fn a_duplicate_of_a_crashed_request_takes_over_when_the_lease_passes() {
+/// A process claimed the key for `req`, then died: nobody renews or settles it.
+async fn crashed_claim(store: &DynStore, req: &Request<Full<Bytes>>) {
     use idemp::http::fingerprint::request_fingerprint;
-    use idemp::http::scope::{AuthorizationHeader, DEFAULT_SCOPE_SECRET, RequestPath, Scoper};
-
-    let store = memory();
-    // A process claimed the key, then died: nobody renews or settles it.
-    let req = post(Some("k"), "{}");
+    use idemp::http::scope::{CredentialHeaders, DEFAULT_SCOPE_SECRET, RequestPath, Scoper};
     let scope = Scoper::new(
         DEFAULT_SCOPE_SECRET,
-        Arc::new(AuthorizationHeader),
+        Arc::new(CredentialHeaders::default()),
         Arc::new(RequestPath),
     )
     .scope_of(None, "/payments");
-    let fp = request_fingerprint(req.method(), req.uri(), req.headers(), &[], b"{}");
+    let fp = request_fingerprint(req.method(), req.uri(), req.headers(), &[], b"{}").unwrap();
     let claimed = store
         .claim(
             &Claim::new(RecordKey::new(scope, "k"))
@@ -795,12 +798,20 @@ async fn a_duplicate_of_a_crashed_request_takes_over_when_the_lease_passes() {
         .await
         .unwrap();
     assert!(matches!(claimed, ClaimOutcome::Acquired { .. }));
+}
+
+#[tokio::test]
+async fn a_duplicate_of_a_crashed_request_takes_over_when_the_lease_passes_under_retake() {
+    let store = memory();
+    let req = post(Some("k"), "{}");
+    crashed_claim(&store, &req).await;
 
     let h = Handler::default();
     let observer = Arc::new(Counter::default());
     let s = svc(
         &IdempotencyLayer::builder(store.clone())
             .wait(Duration::from_secs(60))
+            .on_ambiguous(idemp::guard::OnAmbiguous::Retake)
             .observer(observer.clone())
             .build(),
         &h,
@@ -820,6 +831,35 @@ async fn a_duplicate_of_a_crashed_request_takes_over_when_the_lease_passes() {
     );
     assert_eq!(observer.get("taken_over"), 1);
     assert_eq!(h.runs(), 1);
+}
+
+#[tokio::test]
+async fn a_duplicate_of_a_crashed_request_is_told_it_is_ambiguous_under_surface() {
+    let store = memory();
+    let req = post(Some("k"), "{}");
+    crashed_claim(&store, &req).await;
+
+    let h = Handler::default();
+    let observer = Arc::new(Counter::default());
+    let s = svc(
+        &IdempotencyLayer::builder(store.clone())
+            .wait(Duration::from_secs(60))
+            .observer(observer.clone())
+            .build(),
+        &h,
+    );
+    let got = tokio::time::timeout(Duration::from_secs(20), send(&s, req))
+        .await
+        .expect("the waiter must see the lease pass");
+    assert_eq!(got.status, 409);
+    assert_eq!(
+        got.problem_type(),
+        "https://idemp.dev/problems/outcome-ambiguous"
+    );
+    assert_eq!(got.headers["x-should-retry"], "false");
+    assert!(got.json()["attempt_started_at_ms"].as_u64().unwrap() > 0);
+    assert_eq!(observer.get("ambiguous_refused"), 1);
+    assert_eq!(h.runs(), 0, "the crashed attempt may have run: never again");
 }
 
 #[tokio::test]

@@ -5,8 +5,8 @@
 //!
 //! | metric | labels |
 //! |---|---|
-//! | `idemp_requests_total` | `disposition` (passed_through, executed, replayed, refused, failed_open), `status` class |
-//! | `idemp_events_total` | `event` (every [`Event`]) |
+//! | `idemp_requests_total` | `disposition` (passed_through, executed, replayed, joined, refused, failed_open), `status` class |
+//! | `idemp_events_total` | `event` (every [`Event`]: claimed, replayed, stored, released, ambiguous, ambiguous_refused, not_stored, not_stored_refused, joined, joiner_cut_off, truncated, client_gone, overloaded, …) |
 //! | `idemp_claims_total`, `idemp_replays_total`, `idemp_conflicts_total`, `idemp_mismatches_total`, `idemp_takeovers_total`, `idemp_fenced_total` | |
 //! | `idemp_store_latency_seconds` (histogram) | `op` (claim, complete, release, renew, wait), `ok` |
 
@@ -30,10 +30,11 @@ use tokio::sync::watch;
 
 const METADATA: Metadata<'static> = Metadata::new("idemp::serve", metrics::Level::INFO, None);
 
-const DISPOSITIONS: [&str; 6] = [
+const DISPOSITIONS: [&str; 7] = [
     "passed_through",
     "executed",
     "replayed",
+    "joined",
     "refused",
     "failed_open",
     "other",
@@ -133,6 +134,7 @@ impl Metrics {
             Some(Disposition::PassedThrough) | None => "passed_through",
             Some(Disposition::Executed { .. }) => "executed",
             Some(Disposition::Replayed) => "replayed",
+            Some(Disposition::Joined) => "joined",
             Some(Disposition::Refused(_)) => "refused",
             Some(Disposition::FailedOpen) => "failed_open",
             Some(_) => "other",

@@ -80,9 +80,110 @@ pub struct ServeArgs {
     /// Log format [default: text].
     #[arg(long, env = "IDEMP_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+
+    // --- The idempotency layer's settings (also per route in --config). ---
+    /// Largest response kept for replay; a larger one streams through whole and its
+    /// record says "executed, response not stored" [default: 8MiB].
+    #[arg(long, env = "IDEMP_MAX_STORED_RESPONSE")]
+    pub max_stored_response: Option<String>,
+    /// What a retry gets when an earlier attempt's outcome was lost after the request
+    /// was sent (timeout, reset, truncated answer, crash): `surface` answers 409
+    /// outcome-ambiguous, `retake` runs it again [default: surface].
+    #[arg(long, env = "IDEMP_ON_AMBIGUOUS", value_enum)]
+    pub on_ambiguous: Option<AmbiguityPolicy>,
+    /// How long an ambiguous record is surfaced before a retry may run it again
+    /// [default: the ttl].
+    #[arg(long, env = "IDEMP_AMBIGUOUS_HOLD")]
+    pub ambiguous_hold: Option<String>,
+    /// Send the key (derived keys too) upstream as Idempotency-Key.
+    #[arg(long, env = "IDEMP_FORWARD_KEY", num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub forward_key: Option<bool>,
+    /// A request header that identifies the caller (repeatable; replaces the default
+    /// list Authorization, Proxy-Authorization, x-api-key, api-key, x-goog-api-key).
+    #[arg(
+        long = "principal-header",
+        env = "IDEMP_PRINCIPAL_HEADER",
+        value_delimiter = ','
+    )]
+    pub principal_headers: Vec<String>,
+    /// Response statuses stored and replayed: `default` (all but 408, 409, 425, 429
+    /// and 5xx), or a list of codes and ranges, e.g. `200-299,400-404,422`.
+    #[arg(long, env = "IDEMP_STORED_STATUSES")]
+    pub stored_statuses: Option<String>,
+    /// Response headers stored and replayed: `all` (every header but credentials and
+    /// hop-by-hop ones, the default) or a comma-separated allow-list.
+    #[arg(long, env = "IDEMP_REPLAY_HEADERS")]
+    pub replay_headers: Option<String>,
+    /// Most request body bytes buffered at once, all requests together; over it, 503
+    /// with Retry-After [default: 256MiB].
+    #[arg(long, env = "IDEMP_MAX_BUFFERED_REQUESTS")]
+    pub max_buffered_requests: Option<String>,
     /// TOML configuration file.
     #[arg(long, env = "IDEMP_CONFIG")]
     pub config: Option<PathBuf>,
+}
+
+/// `--on-ambiguous`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AmbiguityPolicy {
+    /// Answer retries 409 outcome-ambiguous (`x-should-retry: false`) until the hold
+    /// passes or an operator resolves the record.
+    Surface,
+    /// Run the request again (at least once; safe with an upstream that honours
+    /// `--forward-key`).
+    Retake,
+}
+
+impl AmbiguityPolicy {
+    fn to_guard(self) -> idemp::guard::OnAmbiguous {
+        match self {
+            AmbiguityPolicy::Surface => idemp::guard::OnAmbiguous::Surface,
+            AmbiguityPolicy::Retake => idemp::guard::OnAmbiguous::Retake,
+        }
+    }
+}
+
+/// A list in a file: `"a,b"` or `["a", "b"]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum ListValue {
+    List(Vec<String>),
+    Text(String),
+}
+
+impl ListValue {
+    fn items(self) -> Vec<String> {
+        match self {
+            ListValue::List(l) => l,
+            ListValue::Text(t) => t.split(',').map(|s| s.trim().to_owned()).collect(),
+        }
+    }
+}
+
+/// A `[[route]]` table of the `--config` file: the layer's settings under a path
+/// prefix.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRoute {
+    prefix: String,
+    methods: Option<MethodsValue>,
+    require_key: Option<bool>,
+    derive_key: Option<bool>,
+    ttl: Option<DurationValue>,
+    on_ambiguous: Option<AmbiguityPolicy>,
+    ambiguous_hold: Option<DurationValue>,
+    max_stored_response: Option<SizeValue>,
+}
+
+/// The layer's settings for the routes under a path prefix.
+#[derive(Clone, Debug)]
+pub struct RouteConfig {
+    /// The path prefix (matched on segment boundaries).
+    pub prefix: String,
+    /// The settings.
+    pub settings: idemp::http::RouteSettings,
 }
 
 /// A duration in a file: `"24h"`, `"500ms"`, or a number of seconds.
@@ -129,6 +230,18 @@ struct FileConfig {
     methods: Option<MethodsValue>,
     scope_secret: Option<String>,
     log_format: Option<LogFormat>,
+    // The idempotency layer's settings.
+    max_stored_response: Option<SizeValue>,
+    on_ambiguous: Option<AmbiguityPolicy>,
+    ambiguous_hold: Option<DurationValue>,
+    forward_key: Option<bool>,
+    #[serde(alias = "principal_header")]
+    principal_headers: Option<ListValue>,
+    stored_statuses: Option<ListValue>,
+    replay_headers: Option<ListValue>,
+    max_buffered_requests: Option<SizeValue>,
+    #[serde(default)]
+    route: Vec<FileRoute>,
 }
 
 /// The resolved configuration of the proxy.
@@ -168,6 +281,25 @@ pub struct ServeConfig {
     pub scope_secret: Option<Vec<u8>>,
     /// Log format.
     pub log_format: LogFormat,
+    // The idempotency layer's settings.
+    /// Largest response kept for replay.
+    pub max_stored_response: usize,
+    /// The ambiguity policy.
+    pub on_ambiguous: AmbiguityPolicy,
+    /// How long an ambiguous record is surfaced (`None`: the ttl).
+    pub ambiguous_hold: Option<Duration>,
+    /// Send keys upstream.
+    pub forward_key: bool,
+    /// The credential headers (`None`: the layer's default list).
+    pub principal_headers: Option<Vec<http::HeaderName>>,
+    /// Stored statuses.
+    pub stored_statuses: idemp::http::StatusSet,
+    /// Replayed headers.
+    pub replay_headers: idemp::http::ReplayHeaders,
+    /// Most request body bytes buffered at once.
+    pub max_buffered_requests: usize,
+    /// Per-route settings.
+    pub routes: Vec<RouteConfig>,
 }
 
 impl ServeConfig {
@@ -191,7 +323,37 @@ impl ServeConfig {
             methods: vec![Method::POST, Method::PATCH],
             scope_secret: None,
             log_format: LogFormat::Text,
+            max_stored_response: 8 << 20,
+            on_ambiguous: AmbiguityPolicy::Surface,
+            ambiguous_hold: None,
+            forward_key: false,
+            principal_headers: None,
+            stored_statuses: idemp::http::StatusSet::default_stored(),
+            replay_headers: idemp::http::ReplayHeaders::AllSafe,
+            max_buffered_requests: idemp::http::DEFAULT_MAX_BUFFERED_REQUEST_BYTES,
+            routes: Vec::new(),
         })
+    }
+
+    /// Applies the idempotency layer's settings to its builder.
+    pub fn layer_builder(&self, mut b: idemp::http::Builder) -> idemp::http::Builder {
+        b = b
+            .max_stored_response(self.max_stored_response)
+            .on_ambiguous(self.on_ambiguous.to_guard())
+            .forward_key(self.forward_key)
+            .stored_statuses(self.stored_statuses.clone())
+            .replay_headers(self.replay_headers.clone())
+            .max_buffered_request_bytes(self.max_buffered_requests);
+        if let Some(hold) = self.ambiguous_hold {
+            b = b.ambiguous_hold(hold);
+        }
+        if let Some(names) = &self.principal_headers {
+            b = b.principal_headers(names.clone());
+        }
+        for r in &self.routes {
+            b = b.route_settings(r.prefix.clone(), r.settings.clone());
+        }
+        b
     }
 
     /// Merges flags/environment (`args`) over the `--config` file over the defaults.
@@ -270,8 +432,225 @@ impl ServeConfig {
             .or(file.scope_secret)
             .map(String::into_bytes);
         c.log_format = args.log_format.or(file.log_format).unwrap_or_default();
+        resolve_layer(
+            &mut c,
+            LayerArgs {
+                max_stored_response: args.max_stored_response,
+                on_ambiguous: args.on_ambiguous,
+                ambiguous_hold: args.ambiguous_hold,
+                forward_key: args.forward_key,
+                principal_headers: args.principal_headers,
+                stored_statuses: args.stored_statuses,
+                replay_headers: args.replay_headers,
+                max_buffered_requests: args.max_buffered_requests,
+            },
+            LayerFile {
+                max_stored_response: file.max_stored_response,
+                on_ambiguous: file.on_ambiguous,
+                ambiguous_hold: file.ambiguous_hold,
+                forward_key: file.forward_key,
+                principal_headers: file.principal_headers,
+                stored_statuses: file.stored_statuses,
+                replay_headers: file.replay_headers,
+                max_buffered_requests: file.max_buffered_requests,
+                route: file.route,
+            },
+        )?;
         Ok(c)
     }
+}
+
+/// The layer's flags.
+struct LayerArgs {
+    max_stored_response: Option<String>,
+    on_ambiguous: Option<AmbiguityPolicy>,
+    ambiguous_hold: Option<String>,
+    forward_key: Option<bool>,
+    principal_headers: Vec<String>,
+    stored_statuses: Option<String>,
+    replay_headers: Option<String>,
+    max_buffered_requests: Option<String>,
+}
+
+/// The layer's keys of the file.
+struct LayerFile {
+    max_stored_response: Option<SizeValue>,
+    on_ambiguous: Option<AmbiguityPolicy>,
+    ambiguous_hold: Option<DurationValue>,
+    forward_key: Option<bool>,
+    principal_headers: Option<ListValue>,
+    stored_statuses: Option<ListValue>,
+    replay_headers: Option<ListValue>,
+    max_buffered_requests: Option<SizeValue>,
+    route: Vec<FileRoute>,
+}
+
+fn size_of(
+    flag: &str,
+    arg: Option<String>,
+    file: Option<SizeValue>,
+) -> anyhow::Result<Option<usize>> {
+    Ok(match (arg, file) {
+        (Some(s), _) | (None, Some(SizeValue::Text(s))) => Some(parse_size(flag, &s)?),
+        (None, Some(SizeValue::Bytes(n))) => Some(
+            usize::try_from(n)
+                .with_context(|| format!("{flag} {n} is too large for this machine"))?,
+        ),
+        (None, None) => None,
+    })
+}
+
+fn duration_of(
+    flag: &str,
+    arg: Option<String>,
+    file: Option<DurationValue>,
+) -> anyhow::Result<Option<Duration>> {
+    Ok(match (arg, file) {
+        (Some(s), _) | (None, Some(DurationValue::Text(s))) => Some(parse_duration(flag, &s)?),
+        (None, Some(DurationValue::Seconds(n))) => Some(Duration::from_secs(n)),
+        (None, None) => None,
+    })
+}
+
+fn resolve_layer(c: &mut ServeConfig, args: LayerArgs, file: LayerFile) -> anyhow::Result<()> {
+    if let Some(n) = size_of(
+        "--max-stored-response",
+        args.max_stored_response,
+        file.max_stored_response,
+    )? {
+        c.max_stored_response = n;
+    }
+    if let Some(n) = size_of(
+        "--max-buffered-requests",
+        args.max_buffered_requests,
+        file.max_buffered_requests,
+    )? {
+        if n == 0 {
+            bail!("--max-buffered-requests must be above zero");
+        }
+        c.max_buffered_requests = n;
+    }
+    c.on_ambiguous = args
+        .on_ambiguous
+        .or(file.on_ambiguous)
+        .unwrap_or(c.on_ambiguous);
+    c.ambiguous_hold = duration_of("--ambiguous-hold", args.ambiguous_hold, file.ambiguous_hold)?;
+    c.forward_key = args
+        .forward_key
+        .or(file.forward_key)
+        .unwrap_or(c.forward_key);
+    let principal = if args.principal_headers.is_empty() {
+        file.principal_headers.map(ListValue::items)
+    } else {
+        Some(args.principal_headers)
+    };
+    if let Some(names) = principal {
+        c.principal_headers = Some(parse_header_names("--principal-header", &names)?);
+    }
+    let statuses = match args.stored_statuses {
+        Some(s) => Some(s.split(',').map(|p| p.trim().to_owned()).collect()),
+        None => file.stored_statuses.map(ListValue::items),
+    };
+    if let Some(list) = statuses {
+        c.stored_statuses = parse_statuses(&list)?;
+    }
+    let replay = match args.replay_headers {
+        Some(s) => Some(s.split(',').map(|p| p.trim().to_owned()).collect()),
+        None => file.replay_headers.map(ListValue::items),
+    };
+    if let Some(list) = replay {
+        c.replay_headers = if list.len() == 1 && list[0].eq_ignore_ascii_case("all") {
+            idemp::http::ReplayHeaders::AllSafe
+        } else {
+            idemp::http::ReplayHeaders::Only(parse_header_names("--replay-headers", &list)?)
+        };
+    }
+    c.routes.clear();
+    for r in file.route {
+        let prefix = r.prefix.trim().to_owned();
+        let what = format!("[[route]] prefix = {prefix:?}");
+        if idemp::http::path::normalize(&prefix).is_err() {
+            bail!("{what}: the prefix must be an absolute path");
+        }
+        let mut s = idemp::http::RouteSettings::new();
+        if let Some(m) = r.methods {
+            let list = match m {
+                MethodsValue::List(l) => l,
+                MethodsValue::Text(t) => t.split(',').map(|m| m.trim().to_owned()).collect(),
+            };
+            s = s.methods(parse_methods(&list).with_context(|| what.clone())?);
+        }
+        if let Some(v) = r.require_key {
+            s = s.require_key(v);
+        }
+        if let Some(v) = r.derive_key {
+            s = s.derive_key(v);
+        }
+        if let Some(d) = duration_of("ttl", None, r.ttl).with_context(|| what.clone())? {
+            s = s.ttl(d);
+        }
+        if let Some(p) = r.on_ambiguous {
+            s = s.on_ambiguous(p.to_guard());
+        }
+        if let Some(d) =
+            duration_of("ambiguous_hold", None, r.ambiguous_hold).with_context(|| what.clone())?
+        {
+            s = s.ambiguous_hold(d);
+        }
+        if let Some(n) = size_of("max_stored_response", None, r.max_stored_response)
+            .with_context(|| what.clone())?
+        {
+            s = s.max_stored_response(n);
+        }
+        c.routes.push(RouteConfig {
+            prefix,
+            settings: s,
+        });
+    }
+    Ok(())
+}
+
+fn parse_header_names(flag: &str, list: &[String]) -> anyhow::Result<Vec<http::HeaderName>> {
+    let mut out = Vec::new();
+    for n in list.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+        out.push(
+            http::HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes())
+                .map_err(|_| anyhow::anyhow!("invalid {flag} `{n}`: not a header name"))?,
+        );
+    }
+    if out.is_empty() {
+        bail!("{flag} names no header");
+    }
+    Ok(out)
+}
+
+/// `default`, or codes and ranges: `200-299,400-404,422`.
+fn parse_statuses(list: &[String]) -> anyhow::Result<idemp::http::StatusSet> {
+    if list.len() == 1 && list[0].eq_ignore_ascii_case("default") {
+        return Ok(idemp::http::StatusSet::default_stored());
+    }
+    let bad = |p: &str| {
+        anyhow::anyhow!(
+            "invalid --stored-statuses entry `{p}`: write `default`, codes or ranges of 100-999, e.g. 200-299,400-404"
+        )
+    };
+    let mut codes = Vec::new();
+    for p in list.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
+        let (lo, hi) = match p.split_once('-') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (p, p),
+        };
+        let lo: u16 = lo.parse().map_err(|_| bad(p))?;
+        let hi: u16 = hi.parse().map_err(|_| bad(p))?;
+        if !(100..=999).contains(&lo) || !(100..=999).contains(&hi) || lo > hi {
+            return Err(bad(p));
+        }
+        codes.extend(lo..=hi);
+    }
+    if codes.is_empty() {
+        bail!("--stored-statuses names no status");
+    }
+    Ok(codes.into_iter().collect())
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -422,6 +801,127 @@ mod tests {
         );
         assert!(parse_upstream("127.0.0.1:9000").is_err());
         assert!(parse_upstream("http://h/?a=1").is_err());
+    }
+
+    #[test]
+    fn layer_flags_and_route_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("idemp.toml");
+        std::fs::write(
+            &path,
+            r#"
+upstream = "http://127.0.0.1:9"
+max_stored_response = "1MiB"
+on_ambiguous = "retake"
+ambiguous_hold = "10m"
+principal_headers = ["x-api-key", "x-tenant"]
+stored_statuses = "200-299,404"
+replay_headers = ["content-type", "x-request-id"]
+
+[[route]]
+prefix = "/v1/messages"
+derive_key = true
+on_ambiguous = "surface"
+max_stored_response = "64MiB"
+
+[[route]]
+prefix = "/v1/charges"
+require_key = true
+methods = ["post"]
+ttl = "48h"
+"#,
+        )
+        .unwrap();
+        let c = ServeConfig::resolve(ServeArgs {
+            config: Some(path.clone()),
+            on_ambiguous: Some(AmbiguityPolicy::Surface),
+            forward_key: Some(true),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.max_stored_response, 1 << 20);
+        assert_eq!(c.on_ambiguous, AmbiguityPolicy::Surface, "flag beats file");
+        assert_eq!(c.ambiguous_hold, Some(Duration::from_secs(600)));
+        assert!(c.forward_key);
+        assert_eq!(
+            c.principal_headers.as_deref().unwrap(),
+            [
+                http::HeaderName::from_static("x-api-key"),
+                http::HeaderName::from_static("x-tenant")
+            ]
+        );
+        assert!(c.stored_statuses.contains(http::StatusCode::NOT_FOUND));
+        assert!(!c.stored_statuses.contains(http::StatusCode::BAD_REQUEST));
+        assert!(c.stored_statuses.contains(http::StatusCode::ACCEPTED));
+        assert!(
+            matches!(c.replay_headers, idemp::http::ReplayHeaders::Only(ref l) if l.len() == 2)
+        );
+        assert_eq!(c.routes.len(), 2);
+        assert_eq!(c.routes[0].prefix, "/v1/messages");
+
+        let flags = ServeConfig::resolve(ServeArgs {
+            upstream: Some("http://h:1".into()),
+            principal_headers: vec!["X-Api-Key".into()],
+            stored_statuses: Some("default".into()),
+            max_stored_response: Some("512KiB".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            flags.principal_headers.unwrap(),
+            [http::HeaderName::from_static("x-api-key")]
+        );
+        assert_eq!(flags.max_stored_response, 512 << 10);
+        for (args, needle) in [
+            (
+                ServeArgs {
+                    stored_statuses: Some("2xx".into()),
+                    ..Default::default()
+                },
+                "--stored-statuses",
+            ),
+            (
+                ServeArgs {
+                    principal_headers: vec!["bad header".into()],
+                    ..Default::default()
+                },
+                "--principal-header",
+            ),
+            (
+                ServeArgs {
+                    max_stored_response: Some("lots".into()),
+                    ..Default::default()
+                },
+                "--max-stored-response",
+            ),
+            (
+                ServeArgs {
+                    ambiguous_hold: Some("soon".into()),
+                    ..Default::default()
+                },
+                "--ambiguous-hold",
+            ),
+        ] {
+            let e = ServeConfig::resolve(ServeArgs {
+                upstream: Some("http://h:1".into()),
+                ..args
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(needle), "{e}");
+        }
+        std::fs::write(
+            &path,
+            "upstream = \"http://h:1\"\n[[route]]\nprefix = \"/x\"\nderive = true\n",
+        )
+        .unwrap();
+        let e = ServeConfig::resolve(ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("derive"), "{e}");
     }
 
     #[test]

@@ -99,6 +99,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningProxy> {
         .wait(config.wait)
         .max_body(config.max_body)
         .observer(metrics.clone());
+    builder = config.layer_builder(builder);
     if let Some(secret) = &config.scope_secret {
         builder = builder.scope_secret(secret);
     }
@@ -228,10 +229,14 @@ async fn accept_loop(
         .await
         .is_err()
     {
+        // Still running: their handlers may have run. Settle them as ambiguous now
+        // (under --on-ambiguous) rather than leave them to their lease.
         tracing::warn!(
             running = in_flight.count(),
-            "requests still running after the shutdown timeout; their records stay in progress until their lease passes"
+            "requests still running after the shutdown timeout; settling them as ambiguous"
         );
+        in_flight.abandon();
+        let _ = tokio::time::timeout(Duration::from_secs(5), in_flight.drained()).await;
     }
     tracing::info!("stopped");
 }
@@ -269,6 +274,7 @@ fn disposition_name(d: Option<Disposition>) -> &'static str {
         Some(Disposition::Executed { stored: true, .. }) => "executed",
         Some(Disposition::Executed { .. }) => "executed_not_stored",
         Some(Disposition::Replayed) => "replayed",
+        Some(Disposition::Joined) => "joined",
         Some(Disposition::Refused(kind)) => kind.slug(),
         Some(Disposition::FailedOpen) => "failed_open",
         Some(_) => "other",

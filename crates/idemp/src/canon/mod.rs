@@ -49,6 +49,7 @@
 //! ```
 
 mod error;
+mod exact;
 mod jcs;
 mod number;
 mod parse;
@@ -78,6 +79,23 @@ pub enum Format {
     Python,
     /// RFC 8785, the JSON Canonicalization Scheme.
     Jcs,
+    /// The exact form, for request fingerprints: object keys sorted by code point and
+    /// insignificant whitespace dropped, strings compared by value (escapes decoded,
+    /// then written as the python form writes them), but **every number kept exactly
+    /// as sent** (`9007199254740993` ≠ `9007199254740992`, `0.1` ≠
+    /// `0.10000000000000000001`, `1.0` ≠ `1`), and duplicate keys kept in input order.
+    /// Two bodies with the same exact form mean the same to any JSON parser, whatever
+    /// its number type. Not offered by the CLI's `--format`.
+    ///
+    /// ```
+    /// use idemp::canon::{Canonicalizer, Format};
+    /// let exact = Canonicalizer::new(Format::Exact);
+    /// assert_eq!(exact.canonicalize(r#"{ "b": 1.0, "a": "\u00e9" }"#)?, r#"{"a":"\u00e9","b":1.0}"#);
+    /// assert_ne!(exact.hash("9007199254740993")?, exact.hash("9007199254740992")?);
+    /// assert_eq!(exact.hash(r#"{"a":"\u0041"}"#)?, exact.hash(r#"{"a":"A"}"#)?);
+    /// # Ok::<(), idemp::canon::CanonError>(())
+    /// ```
+    Exact,
 }
 
 impl Format {
@@ -86,6 +104,7 @@ impl Format {
         match self {
             Format::Python => "python",
             Format::Jcs => "jcs",
+            Format::Exact => "exact",
         }
     }
 }
@@ -195,6 +214,7 @@ impl Canonicalizer {
     fn rules(&self) -> Rules<'_> {
         Rules {
             jcs: self.format == Format::Jcs,
+            exact: self.format == Format::Exact,
             drop_keys: &self.drop_keys,
             drop_key_lengths: self
                 .drop_keys
@@ -218,6 +238,7 @@ impl Canonicalizer {
         match self.format {
             Format::Python => python::write_tape(tape, tape.root, out),
             Format::Jcs => jcs::write_tape(tape, tape.root, out),
+            Format::Exact => exact::write_tape(tape, tape.root, out),
         }
     }
 

@@ -187,6 +187,8 @@ fn str_bytes<'t>(input: &'t [u8], decoded: &'t [u8], s: Str) -> &'t [u8] {
 /// What to parse and what to drop.
 pub(crate) struct Rules<'c> {
     pub(crate) jcs: bool,
+    /// The exact form: every number stays as its input text, duplicate keys are kept.
+    pub(crate) exact: bool,
     pub(crate) drop_keys: &'c [Box<[u8]>],
     /// Bit `min(len, 63)` is set for the length of every drop key: a quick reject.
     pub(crate) drop_key_lengths: u64,
@@ -414,6 +416,13 @@ impl<'a> Parser<'a, '_> {
             // Otherwise the number ends before the `e`, as in CPython's scanner.
         }
         self.pos = i;
+        if self.rules.exact {
+            // Numbers exactly as sent, floats too: no conversion through a double.
+            return Ok(self.push(Node::Int {
+                start: start as u32,
+                len: (i - start) as u32,
+            }));
+        }
         if !is_float && !self.rules.jcs {
             let digits = int_end - start - usize::from(negative);
             if digits > MAX_INT_DIGITS {
@@ -672,6 +681,9 @@ impl<'a> Parser<'a, '_> {
         let strictly_sorted = members
             .windows(2)
             .all(|w| cmp(&w[0], &w[1]) == Ordering::Less);
+        // The exact form keeps duplicate keys (in input order): servers disagree on
+        // which one wins, so two bodies that differ only there must not match.
+        let dedup = !self.rules.exact;
         let mut len = members.len();
         if !strictly_sorted {
             // The tie-break keeps equal keys in input order, so the last of a run is
@@ -692,7 +704,7 @@ impl<'a> Parser<'a, '_> {
         }
         // Duplicates are only possible when the keys were not strictly sorted; dropped
         // members (JCS only) are removed here.
-        if !strictly_sorted || self.rules.jcs {
+        if (!strictly_sorted && dedup) || self.rules.jcs {
             let mut kept = 0;
             for i in 0..members.len() {
                 if i + 1 < members.len() && key(&members[i]) == key(&members[i + 1]) {

@@ -96,7 +96,11 @@ impl BlockingGuard {
         let _context = self.handle.enter();
         let acquired = self
             .handle
-            .block_on(self.guard.acquire(request.key, request.fingerprint))
+            .block_on(self.guard.acquire(
+                self.guard.inner.scope.clone(),
+                request.key,
+                request.fingerprint,
+            ))
             .map_err(GuardError::widen)?;
         let (mut core, info) = match self.guard.owner_or_result(acquired)? {
             Ok(owner) => owner,

@@ -350,6 +350,44 @@ impl Lease {
         self.stop_heartbeat();
         self.core.abandon();
     }
+
+    /// Makes the record **ambiguous now**: stops renewing and moves the lease to the
+    /// present (`Store::renew` with a zero lease), so the next call sees what it would
+    /// see after a crash, without waiting for the lease to pass: the guard's
+    /// [`OnAmbiguous`](super::OnAmbiguous) policy applies (`Surface` answers
+    /// [`Begin::Ambiguous`] / [`GuardError::Ambiguous`], `Retake` runs again,
+    /// `Verify` asks the reconcile function) and [`Guard::resolve`](super::Guard::resolve)
+    /// settles it. Use it when the effect may have happened but its result is lost
+    /// (a timeout or a reset after the request was sent).
+    ///
+    /// The key is never released: if the store cannot be reached, the error is
+    /// returned and the record becomes ambiguous when its current lease passes.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use idemp::guard::{Begin, Guard, OnAmbiguous};
+    /// let guard = Guard::builder(idemp::store::MemoryStore::new())
+    ///     .on_ambiguous(OnAmbiguous::Surface)
+    ///     .build();
+    /// let Begin::Owner(lease) = guard.begin("transfer-9", None).await? else { panic!() };
+    /// // The request was sent; the answer never came back.
+    /// lease.mark_ambiguous().await?;
+    /// assert!(matches!(guard.begin("transfer-9", None).await?, Begin::Ambiguous(_)));
+    /// # Ok(()) }
+    /// ```
+    pub async fn mark_ambiguous(mut self) -> Result<(), GuardError> {
+        self.stop_heartbeat();
+        // Disarmed first: from here on the key is never released, whatever happens.
+        self.core.abandon();
+        let res = self
+            .core
+            .inner
+            .backend()
+            .renew(&self.core.id, self.core.token, Duration::ZERO)
+            .await
+            .map(|_| ());
+        self.core.map_fenced(res)
+    }
 }
 
 impl Drop for Lease {

@@ -406,7 +406,49 @@ impl Guard {
         key: impl AsRef<str>,
         fingerprint: Option<Fingerprint>,
     ) -> Result<Begin, GuardError> {
-        let acquired = self.acquire(key.as_ref().to_owned(), fingerprint).await?;
+        self.begin_in(
+            self.inner.scope.clone(),
+            key.as_ref().to_owned(),
+            fingerprint,
+        )
+        .await
+    }
+
+    /// [`begin`](Self::begin) in another scope than the guard's own, for callers that
+    /// compute a scope per call: the HTTP layer scopes every request by its caller
+    /// (a keyed hash of the credentials) and its route, with one guard per policy.
+    /// The guard's policies (`on_duplicate`, `on_ambiguous`, ttl, lease) apply as in
+    /// `begin`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use idemp::guard::{Begin, Guard};
+    /// let guard = Guard::builder(idemp::store::MemoryStore::new()).build();
+    /// let Begin::Owner(alice) = guard.begin_scoped("tenant-alice", "order-1", None).await? else { panic!() };
+    /// // The same key in another scope is another record.
+    /// let Begin::Owner(bob) = guard.begin_scoped("tenant-bob", "order-1", None).await? else { panic!() };
+    /// assert_eq!(alice.id().scope, "tenant-alice");
+    /// alice.complete(&1).await?;
+    /// bob.complete(&2).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn begin_scoped(
+        &self,
+        scope: impl Into<String>,
+        key: impl AsRef<str>,
+        fingerprint: Option<Fingerprint>,
+    ) -> Result<Begin, GuardError> {
+        self.begin_in(scope.into(), key.as_ref().to_owned(), fingerprint)
+            .await
+    }
+
+    async fn begin_in(
+        &self,
+        scope: String,
+        key: String,
+        fingerprint: Option<Fingerprint>,
+    ) -> Result<Begin, GuardError> {
+        let acquired = self.acquire(scope, key, fingerprint).await?;
         Ok(match acquired {
             Acquired::Owner(core, _) => Begin::Owner(Lease::start(core)),
             Acquired::Completed(outcome, info) => Begin::Completed(Replay {
@@ -504,6 +546,7 @@ impl Guard {
     /// boxed futures so that this one stays small (it is moved on every call).
     pub(crate) async fn acquire(
         &self,
+        scope: String,
         key: String,
         fingerprint: Option<Fingerprint>,
     ) -> Result<Acquired, GuardError> {
@@ -511,10 +554,7 @@ impl Guard {
         let inner = &self.inner;
         let opts = &inner.opts;
         let mut claim = Claim {
-            id: RecordKey {
-                scope: inner.scope.clone(),
-                key,
-            },
+            id: RecordKey { scope, key },
             fingerprint,
             lease: opts.lease,
             ttl: opts.ttl,
@@ -707,7 +747,7 @@ impl Guard {
     {
         let opts = &self.inner.opts;
         let acquired = self
-            .acquire(request.key, request.fingerprint)
+            .acquire(self.inner.scope.clone(), request.key, request.fingerprint)
             .await
             .map_err(GuardError::widen)?;
         let (mut core, info) = match self.owner_or_result(acquired)? {
