@@ -80,7 +80,14 @@ pub fn write_json(
         Ok(()) => Ok(()),
         Err(e) => {
             let mut at = String::from(what);
-            for seg in e.path.iter().rev() {
+            let n = e.path.len();
+            for (i, seg) in e.path.iter().rev().enumerate() {
+                if n > 12 && (6..n - 4).contains(&i) {
+                    if i == 6 {
+                        at.push_str("…");
+                    }
+                    continue;
+                }
                 at.push_str(seg);
             }
             Err(match e.kind {

@@ -171,6 +171,10 @@ class Guard:
         lease = begun.lease
         if lease is None:
             return begun.result()
+        return self._own(lease, key, fn, args, kwargs)
+
+    def _own(self, lease: _core.Lease, key: str, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        """Runs the work of an acquired lease and settles it."""
         try:
             result = fn(*args, **kwargs)
         except Exception as exc:
@@ -191,6 +195,9 @@ class Guard:
         lease = begun.lease
         if lease is None:
             return begun.result()
+        return await self._aown(lease, key, fn, args, kwargs)
+
+    async def _aown(self, lease: _core.Lease, key: str, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         try:
             result = await fn(*args, **kwargs)
         except Exception as exc:
