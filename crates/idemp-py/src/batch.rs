@@ -13,7 +13,11 @@ use crate::{canon, errors};
 /// requests came before it. A resubmitted batch gets the same ids.
 #[pyfunction]
 #[pyo3(signature = (requests, *, prefix = ""))]
-fn custom_ids(py: Python<'_>, requests: Vec<Bound<'_, PyAny>>, prefix: &str) -> PyResult<Vec<String>> {
+fn custom_ids(
+    py: Python<'_>,
+    requests: Vec<Bound<'_, PyAny>>,
+    prefix: &str,
+) -> PyResult<Vec<String>> {
     let ids = CustomIds::with_prefix(prefix).map_err(|e| PyValueError::new_err(e.to_string()))?;
     let c = Canonicalizer::new(Format::Python);
     let mut canonical = Vec::with_capacity(requests.len());

@@ -50,15 +50,29 @@ impl PyToolCache {
     /// fail a call, the cache then works from memory.
     #[new]
     #[pyo3(signature = (*, max_entries = 10_000, ttl = 300.0, redis_url = None, prefix = "idemp:cache"))]
-    fn new(py: Python<'_>, max_entries: u64, ttl: f64, redis_url: Option<String>, prefix: &str) -> PyResult<Self> {
+    fn new(
+        py: Python<'_>,
+        max_entries: u64,
+        ttl: f64,
+        redis_url: Option<String>,
+        prefix: &str,
+    ) -> PyResult<Self> {
         let mut b = ToolCache::<Json>::builder()
             .max_entries(max_entries)
             .ttl(secs("ttl", ttl)?);
         if let Some(url) = redis_url {
             let client = redis::Client::open(url.as_str())
                 .map_err(|e| PyValueError::new_err(format!("redis URL {url}: {e}")))?;
-            let conn = block_on(py, async move { client.get_connection_manager().await })
-                .map_err(|e| errors::make(py, "StoreUnavailableError", format!("redis {url}: {e}"), &[]))?;
+            let conn = block_on(py, async move { client.get_connection_manager().await }).map_err(
+                |e| {
+                    errors::make(
+                        py,
+                        "StoreUnavailableError",
+                        format!("redis {url}: {e}"),
+                        &[],
+                    )
+                },
+            )?;
             b = b.redis(conn, prefix);
         }
         Ok(Self { inner: b.build() })
@@ -66,13 +80,23 @@ impl PyToolCache {
 
     /// The cache key of a tool call: ``idemp.keys.for_args(scope, tool, args)``.
     #[staticmethod]
-    fn key_for(py: Python<'_>, scope: &str, tool: &str, args: &Bound<'_, PyAny>) -> PyResult<String> {
+    fn key_for(
+        py: Python<'_>,
+        scope: &str,
+        tool: &str,
+        args: &Bound<'_, PyAny>,
+    ) -> PyResult<String> {
         crate::keys::for_args(py, scope, tool, args)
     }
 
     /// The cached value of ``key``, or calls ``fn()`` once (concurrent callers of the
     /// same key wait for that call, with the GIL released) and caches its result.
-    fn get_or_call<'py>(&self, py: Python<'py>, key: String, fn_: Py<PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    fn get_or_call<'py>(
+        &self,
+        py: Python<'py>,
+        key: String,
+        fn_: Py<PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let cache = self.inner.clone();
         let out = block_on(py, async move {
             cache
@@ -91,7 +115,12 @@ impl PyToolCache {
     }
 
     /// ``get_or_call`` for asyncio: ``fn()`` returns an awaitable.
-    fn aget_or_call<'py>(&self, py: Python<'py>, key: String, fn_: Py<PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    fn aget_or_call<'py>(
+        &self,
+        py: Python<'py>,
+        key: String,
+        fn_: Py<PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let cache = self.inner.clone();
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
             let out = cache

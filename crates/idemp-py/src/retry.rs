@@ -76,7 +76,11 @@ impl PyRetryPolicy {
             "full" => Jitter::Full,
             "equal" => Jitter::Equal,
             "none" => Jitter::None,
-            other => return Err(PyValueError::new_err(format!("jitter must be \"full\", \"equal\" or \"none\", got {other:?}"))),
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "jitter must be \"full\", \"equal\" or \"none\", got {other:?}"
+                )));
+            }
         };
         let mut b = RetryPolicy::builder()
             .max_attempts(max_attempts)

@@ -12,7 +12,7 @@ from idemp import canon, keys
 
 @pytest.mark.parametrize("bad", ["", "has space", "tab\tkey", "caf\u00e9", "x" * 256, "del\x7f"])
 def test_invalid_keys_are_refused(bad):
-    g = idemp.Guard("memory:", scope="t")
+    g = idemp.Guard(idemp.open_store("memory:"), scope="t")
     with pytest.raises(idemp.InvalidKeyError) as e:
         g.run(bad, lambda: 1)
     assert isinstance(e.value, ValueError)
@@ -52,7 +52,7 @@ def test_result_json_cannot_hold_is_a_type_error_and_nothing_is_stored():
 
 
 def test_nan_result_is_refused():
-    g = idemp.Guard("memory:")
+    g = idemp.Guard(idemp.open_store("memory:"))
     with pytest.raises(idemp.NotJSONError):
         g.run("k1", lambda: {"x": float("nan")})
 
@@ -99,9 +99,9 @@ def test_bad_options():
     with pytest.raises(ValueError):
         canon.canonical_json({}, drop_paths=["a..b"])
     with pytest.raises(ValueError):
-        idemp.Guard("memory:", on_duplicate="sometimes")
+        idemp.Guard(idemp.open_store("memory:"), on_duplicate="sometimes")
     with pytest.raises(ValueError):
-        idemp.Guard("memory:", lease=-1)
+        idemp.Guard(idemp.open_store("memory:"), lease=-1)
     with pytest.raises(TypeError):
         idemp.Guard(42)
 
@@ -115,7 +115,7 @@ def test_circular_values_are_refused():
 
 
 def test_mismatched_payload_is_not_replayed():
-    g = idemp.Guard("memory:", scope="pay")
+    g = idemp.Guard(idemp.open_store("memory:"), scope="pay")
     fp1 = canon.hash_request({"amount": 1})
     fp2 = canon.hash_request({"amount": 2})
     assert g.run("order-1", lambda: "paid", fingerprint=fp1) == "paid"
