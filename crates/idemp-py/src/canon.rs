@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 
@@ -236,14 +236,4 @@ pub fn hash_request(
 #[pyfunction]
 pub fn preset_keys(name: &str) -> PyResult<Vec<&'static str>> {
     Ok(preset_of(name)?.keys().to_vec())
-}
-
-/// Raises ``TypeError`` for a non-``bytes`` JSON text argument.
-#[allow(dead_code)]
-pub fn expect_text(obj: &Bound<'_, PyAny>) -> PyResult<()> {
-    if obj.is_instance_of::<PyBytes>() {
-        Ok(())
-    } else {
-        Err(PyTypeError::new_err("expected bytes"))
-    }
 }

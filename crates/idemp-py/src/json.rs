@@ -84,7 +84,7 @@ pub fn write_json(
             for (i, seg) in e.path.iter().rev().enumerate() {
                 if n > 12 && (6..n - 4).contains(&i) {
                     if i == 6 {
-                        at.push_str("…");
+                        at.push('…');
                     }
                     continue;
                 }
