@@ -122,19 +122,19 @@ impl PyToolCache {
         fn_: Py<PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let cache = self.inner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::bridge::awaitable(py, async move {
             let out = cache
                 .get_or_call_key(key, || async move {
-                    let fut = Python::attach(|py| {
+                    let fut = crate::bridge::attach_py(|py| {
                         let awaitable = fn_.bind(py).call0()?;
                         let locals = pyo3_async_runtimes::tokio::get_current_locals(py)?;
                         pyo3_async_runtimes::into_future_with_locals(&locals, awaitable)
                     })?;
                     let obj = fut.await?;
-                    Python::attach(|py| to_value(py, obj.bind(py)))
+                    crate::bridge::attach_py(|py| to_value(py, obj.bind(py)))
                 })
                 .await;
-            Python::attach(|py| match out {
+            crate::bridge::attach_py(|py| match out {
                 Ok(v) => json::from_json(py, v.0.get().as_bytes()).map(Bound::unbind),
                 Err(e) => Err(e.clone_ref(py)),
             })

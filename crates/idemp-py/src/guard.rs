@@ -61,10 +61,11 @@ pub struct PyGuard {
 fn verify_fn(py: Python<'_>, f: Py<PyAny>) -> OnAmbiguous {
     let _ = py;
     OnAmbiguous::verify(move |id: RecordKey| {
-        let f = Python::attach(|py| f.clone_ref(py));
+        let f = crate::bridge::attach(|py| f.clone_ref(py));
         async move {
+            let f = f.ok_or_else(|| "the Python interpreter is exiting".to_owned())?;
             // Call it; an awaitable answer is awaited on the caller's event loop.
-            let called = Python::attach(|py| -> PyResult<Result<Py<PyAny>, _>> {
+            let called = crate::bridge::attach_py(|py| -> PyResult<Result<Py<PyAny>, _>> {
                 let out = f.bind(py).call1((id.key.clone(),))?;
                 if out.hasattr("__await__")? {
                     let locals = pyo3_async_runtimes::tokio::get_current_locals(py).map_err(|_| {
@@ -80,7 +81,7 @@ fn verify_fn(py: Python<'_>, f: Py<PyAny>) -> OnAmbiguous {
                 Ok(v) => v,
                 Err(fut) => fut.await.map_err(|e| e.to_string())?,
             };
-            Python::attach(|py| -> PyResult<Option<Box<RawValue>>> {
+            crate::bridge::attach_py(|py| -> PyResult<Option<Box<RawValue>>> {
                 let a = answer.bind(py);
                 if a.is_none() {
                     return Ok(None);
@@ -223,9 +224,9 @@ impl PyGuard {
     ) -> PyResult<Bound<'py, PyAny>> {
         let fp = self::fingerprint(fingerprint)?;
         let (guard, key) = (self.inner.clone(), key.to_owned());
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::bridge::awaitable(py, async move {
             let b = guard.begin(key, fp).await;
-            Python::attach(|py| PyBegin::from(py, b))
+            crate::bridge::attach_py(|py| PyBegin::from(py, b))
         })
     }
 
@@ -544,9 +545,9 @@ impl PyLease {
     ) -> PyResult<Bound<'py, PyAny>> {
         let raw = json::to_raw(value, "result").map_err(|e| errors::not_json(py, e))?;
         let lease = self.take()?;
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::bridge::awaitable(py, async move {
             let r = lease.complete(&*raw).await;
-            Python::attach(|py| {
+            crate::bridge::attach_py(|py| {
                 r.map_err(|e| errors::guard_error(py, e))?;
                 json::from_json(py, raw.get().as_bytes()).map(Bound::unbind)
             })
@@ -578,9 +579,9 @@ impl PyLease {
     ) -> PyResult<Bound<'py, PyAny>> {
         let f = stored_failure(py, kind, message, data)?;
         let lease = self.take()?;
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::bridge::awaitable(py, async move {
             let r = lease.fail(&f).await;
-            Python::attach(|py| r.map_err(|e| errors::guard_error(py, e)))
+            crate::bridge::attach_py(|py| r.map_err(|e| errors::guard_error(py, e)))
         })
     }
 
@@ -593,9 +594,9 @@ impl PyLease {
     /// ``release`` for asyncio.
     fn arelease<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let lease = self.take()?;
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::bridge::awaitable(py, async move {
             let r = lease.release().await;
-            Python::attach(|py| r.map_err(|e| errors::guard_error(py, e)))
+            crate::bridge::attach_py(|py| r.map_err(|e| errors::guard_error(py, e)))
         })
     }
 

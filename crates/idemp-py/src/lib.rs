@@ -11,6 +11,7 @@ use std::future::Future;
 use pyo3::prelude::*;
 
 mod batch;
+mod bridge;
 mod cache;
 mod canon;
 mod errors;
@@ -41,6 +42,7 @@ where
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(bridge::_at_exit, m)?)?;
     // keys
     m.add_function(wrap_pyfunction!(keys::sha256_hex, m)?)?;
     m.add_function(wrap_pyfunction!(keys::scoped_sha256_hex, m)?)?;

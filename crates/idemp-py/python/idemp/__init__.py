@@ -22,7 +22,10 @@ The three lines::
 
 from __future__ import annotations
 
+import atexit as _atexit
+
 from . import batch, cache, canon, errors, keys, retry, tools
+from . import _core
 from ._core import Begin, Lease, Record, Store, __version__, open_store
 from .errors import (
     AmbiguousError,
@@ -43,6 +46,9 @@ from .errors import (
     StoreUrlError,
 )
 from .guard import Guard, default_store, idempotent
+
+# Runtime threads stop calling into Python before the interpreter finalizes.
+_atexit.register(_core._at_exit)
 
 __all__ = [
     "AmbiguousError",
