@@ -90,6 +90,58 @@ fn stock(format: Format, preset: Option<Preset>) -> &'static Canonicalizer {
 #[pyclass(frozen, module = "idemp._core", name = "Canonicalizer")]
 pub struct PyCanonicalizer {
     inner: Canonicalizer,
+    direct: Option<Vec<String>>,
+}
+
+/// The drop keys of a python-format canonicalizer without drop paths: such a
+/// canonicalizer can take a Python value straight to a `serde_json::Value` (dropping
+/// these keys on the way) and write it with `canon::write_python_value`, instead of
+/// writing JSON text and parsing it again. `None` for other canonicalizers.
+fn direct_keys(
+    format: &str,
+    preset: Option<&str>,
+    drop_keys: &Option<Vec<String>>,
+    drop_paths: &Option<Vec<String>>,
+) -> PyResult<Option<Vec<String>>> {
+    if format_of(format)? != Format::Python || drop_paths.as_ref().is_some_and(|p| !p.is_empty()) {
+        return Ok(None);
+    }
+    let mut keys: Vec<String> = match preset {
+        Some(p) => preset_of(p)?
+            .keys()
+            .iter()
+            .map(|k| (*k).to_owned())
+            .collect(),
+        None => Vec::new(),
+    };
+    keys.extend(drop_keys.iter().flatten().cloned());
+    Ok(Some(keys))
+}
+
+/// The python-compat canonical bytes of a Python value through `serde_json::Value`, or
+/// `None` when the value must take the text path (bytes input, NaN, huge integers,
+/// lone surrogates, an unsupported type: the text path reports it).
+fn direct(value: &Bound<'_, PyAny>, drop: Option<&[String]>) -> PyResult<Option<Vec<u8>>> {
+    let Some(drop) = drop else { return Ok(None) };
+    if value.is_instance_of::<PyBytes>()
+        || value.is_instance_of::<PyByteArray>()
+        || value.is_instance_of::<PyMemoryView>()
+    {
+        return Ok(None);
+    }
+    let names: Vec<&str> = drop.iter().map(String::as_str).collect();
+    let v = match json::to_value(value, &names, 0)? {
+        Ok(v) => v,
+        Err(json::NeedsText) => return Ok(None),
+    };
+    let mut out = Vec::with_capacity(1024);
+    idemp::canon::write_python_value(&v, &mut out);
+    Ok(Some(out))
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 impl PyCanonicalizer {
@@ -141,18 +193,26 @@ impl PyCanonicalizer {
         drop_keys: Option<Vec<String>>,
         drop_paths: Option<Vec<String>>,
     ) -> PyResult<Self> {
+        let direct = direct_keys(format, preset, &drop_keys, &drop_paths)?;
         Ok(Self {
             inner: Self::build(format, preset, drop_keys, drop_paths)?,
+            direct,
         })
     }
 
     /// The canonical JSON text of ``value`` (a Python value, or JSON text as bytes).
     fn canonicalize(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<String> {
+        if let Some(out) = direct(value, self.direct.as_deref())? {
+            return Ok(String::from_utf8_lossy(&out).into_owned());
+        }
         run(py, &self.inner, value, |c, b| c.canonicalize(b))
     }
 
     /// The SHA-256 of the canonical form, 64 lowercase hex digits.
     fn hash(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<String> {
+        if let Some(out) = direct(value, self.direct.as_deref())? {
+            return Ok(hex_sha256(&out));
+        }
         run(py, &self.inner, value, |c, b| c.hash(b))
     }
 
@@ -210,6 +270,12 @@ pub fn canonical_json(
     drop_keys: Option<Vec<String>>,
     drop_paths: Option<Vec<String>>,
 ) -> PyResult<String> {
+    if let Some(out) = direct(
+        value,
+        direct_keys(format, preset, &drop_keys, &drop_paths)?.as_deref(),
+    )? {
+        return Ok(String::from_utf8_lossy(&out).into_owned());
+    }
     let mut holder = None;
     let c = pick(&mut holder, format, preset, drop_keys, drop_paths)?;
     run(py, c, value, |c, b| c.canonicalize(b))
@@ -227,6 +293,12 @@ pub fn hash_request(
     drop_keys: Option<Vec<String>>,
     drop_paths: Option<Vec<String>>,
 ) -> PyResult<String> {
+    if let Some(out) = direct(
+        value,
+        direct_keys(format, preset, &drop_keys, &drop_paths)?.as_deref(),
+    )? {
+        return Ok(hex_sha256(&out));
+    }
     let mut holder = None;
     let c = pick(&mut holder, format, preset, drop_keys, drop_paths)?;
     run(py, c, value, |c, b| c.hash(b))

@@ -383,3 +383,90 @@ pub fn to_raw(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Box<serde_json::va
     serde_json::value::RawValue::from_string(s)
         .map_err(|e| PyValueError::new_err(format!("{what}: not valid JSON: {e}")))
 }
+
+/// What [`to_value`] cannot hold in a `serde_json::Value` (the caller then takes the
+/// JSON-text path, which keeps them): NaN/±Infinity, integers beyond 64 bits, lone
+/// surrogates.
+pub struct NeedsText;
+
+/// A Python value as a `serde_json::Value` with llm-message-hash-py's rules
+/// (`str(key)` for non-`str` keys, the last of equal keys wins), leaving out every
+/// dict entry whose key is in `drop` at any depth (as the python format's drop keys
+/// do). `Ok(Err(NeedsText))` when the value holds what a `Value` cannot.
+pub fn to_value(
+    obj: &Bound<'_, PyAny>,
+    drop: &[&str],
+    depth: usize,
+) -> PyResult<Result<serde_json::Value, NeedsText>> {
+    use serde_json::Value;
+    if let Ok(s) = obj.cast::<PyString>() {
+        return Ok(match s.to_str() {
+            Ok(t) => Ok(Value::String(t.to_owned())),
+            Err(_) => Err(NeedsText),
+        });
+    }
+    if obj.is_none() {
+        return Ok(Ok(Value::Null));
+    }
+    if let Ok(b) = obj.cast::<PyBool>() {
+        return Ok(Ok(Value::Bool(b.is_true())));
+    }
+    if obj.is_instance_of::<PyInt>() {
+        if let Ok(v) = obj.extract::<i64>() {
+            return Ok(Ok(Value::from(v)));
+        }
+        return Ok(match obj.extract::<u64>() {
+            Ok(v) => Ok(Value::from(v)),
+            Err(_) => Err(NeedsText),
+        });
+    }
+    if let Ok(f) = obj.cast::<PyFloat>() {
+        let v = f.value();
+        return Ok(match serde_json::Number::from_f64(v) {
+            Some(n) => Ok(Value::Number(n)),
+            None => Err(NeedsText),
+        });
+    }
+    if depth >= MAX_DEPTH {
+        return Ok(Err(NeedsText)); // the text path reports it with the path
+    }
+    if let Ok(d) = obj.cast::<PyDict>() {
+        let mut map = serde_json::Map::new();
+        for (k, v) in d.iter() {
+            let key: String = match k.cast::<PyString>() {
+                Ok(s) => match s.to_str() {
+                    Ok(t) => t.to_owned(),
+                    Err(_) => return Ok(Err(NeedsText)),
+                },
+                Err(_) => k.str()?.to_str().map(str::to_owned).map_err(|_| {
+                    pyo3::exceptions::PyValueError::new_err("dict key holds a lone surrogate")
+                })?,
+            };
+            if drop.contains(&key.as_str()) {
+                continue;
+            }
+            match to_value(&v, drop, depth + 1)? {
+                Ok(v) => {
+                    map.insert(key, v);
+                }
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+        return Ok(Ok(Value::Object(map)));
+    }
+    let items: Vec<Bound<'_, PyAny>> = if let Ok(l) = obj.cast::<PyList>() {
+        l.iter().collect()
+    } else if let Ok(t) = obj.cast::<PyTuple>() {
+        t.iter().collect()
+    } else {
+        return Ok(Err(NeedsText)); // the text path names the offending value
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for item in &items {
+        match to_value(item, drop, depth + 1)? {
+            Ok(v) => out.push(v),
+            Err(e) => return Ok(Err(e)),
+        }
+    }
+    Ok(Ok(Value::Array(out)))
+}
