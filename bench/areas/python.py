@@ -41,7 +41,7 @@ def build(run, lib) -> list:
                    "agentidemp-py", lib.fmt_ns(k["agentidemp-py"]),
                    lib.ratio(k["agentidemp-py"], k["idemp.compat.agentidemp"]), ""])
     h = d["hash_request_ns"]
-    size = f"{d.get('hash_request_bytes', 0) / 1024:.1f} KiB"
+    size = f"{d.get('hash_request_bytes', 0):,} B"
     peer = h["llm-message-hash-py (dict)"]
     a.rows.append([f"hash_request, {size} request dict, anthropic preset", lib.fmt_ns(h["idemp (dict)"]),
                    "llm-message-hash-py", lib.fmt_ns(peer), lib.ratio(peer, h["idemp (dict)"]), "≥ 5×"])
@@ -56,9 +56,10 @@ def build(run, lib) -> list:
         for peer_name, peer_rate in (("idempotency FileStore", row["idempotency-filestore"]),
                                      ("idempotent-tools SQLiteBackend", row["idempotent-tools-sqlite"])):
             goal = "≥ 10×" if threads == "16" else ""
-            a.rows.append([f"@idempotent settled calls, SQLite NORMAL, {threads} threads",
+            th = lib.plural(int(threads), "thread")
+            a.rows.append([f"@idempotent settled calls, SQLite NORMAL, {th}",
                            lib.fmt_rate(normal), peer_name, lib.fmt_rate(peer_rate), lib.ratio(normal, peer_rate), goal])
-            a.rows.append([f"@idempotent settled calls, SQLite FULL (fsync), {threads} threads",
+            a.rows.append([f"@idempotent settled calls, SQLite FULL (fsync), {th}",
                            lib.fmt_rate(full), peer_name, lib.fmt_rate(peer_rate), lib.ratio(full, peer_rate), ""])
         if threads == "16":
             a.headline.append(f"@idempotent on SQLite at 16 threads {lib.ratio(normal, row['idempotency-filestore'])} the "
