@@ -201,9 +201,9 @@ def test_manual_begin_lease_api():
 
 
 def test_lease_heartbeat_keeps_a_long_call_owned():
-    g = idemp.Guard(idemp.open_store("memory:"), lease=0.3, on_ambiguous="surface")
+    g = idemp.Guard(idemp.open_store("memory:"), lease=1.5, on_ambiguous="surface")
     b = g.begin("long")
-    time.sleep(1.0)  # three leases: renewed in the background
+    time.sleep(3.5)  # more than two leases: renewed in the background every 0.5 s
     other = g.begin("long")
     assert other.state == "in_progress"
     b.lease.complete("done")

@@ -121,7 +121,7 @@ def test_cache_tool_singleflight_across_threads():
 async def test_cache_tool_async_and_errors_are_not_cached():
     calls = []
 
-    @cache_tool(ttl_seconds=0.2)
+    @cache_tool(ttl_seconds=1.0)
     async def fetch(x: int) -> int:
         calls.append(x)
         if len(calls) == 1:
@@ -133,7 +133,7 @@ async def test_cache_tool_async_and_errors_are_not_cached():
         await fetch(2)
     assert await asyncio.gather(*[fetch(2) for _ in range(5)]) == [4] * 5
     assert len(calls) == 2
-    await asyncio.sleep(0.3)  # ttl passed
+    await asyncio.sleep(1.2)  # ttl passed
     assert await fetch(2) == 4 and len(calls) == 3
 
 
