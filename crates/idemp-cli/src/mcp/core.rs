@@ -132,6 +132,12 @@ impl Core {
         self.cfg.budget_of(tool).is_some()
     }
 
+    /// The store (timed).
+    #[cfg(test)]
+    pub fn store(&self) -> &DynStore {
+        &self.store
+    }
+
     /// The metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
