@@ -232,10 +232,12 @@ pub fn error_line(id: &str, code: i64, message: &str) -> Vec<u8> {
 }
 
 /// The result of a tool that failed (`isError: true`) with one text block, as the
-/// raw JSON of a `result`.
+/// raw JSON of a `result`. It says `"resultType":"complete"`, which the 2026
+/// revision requires (its clients refuse a result without it) and earlier revisions
+/// ignore.
 pub fn tool_error_result(text: &str) -> String {
     format!(
-        "{{\"content\":[{{\"type\":\"text\",\"text\":{}}}],\"isError\":true}}",
+        "{{\"content\":[{{\"type\":\"text\",\"text\":{}}}],\"isError\":true,\"resultType\":\"complete\"}}",
         serde_json::Value::from(text)
     )
 }
