@@ -64,6 +64,7 @@ fn kill_9_mid_call_then_restart_on_the_same_store() {
     effects.wait_for("charge", 2);
     // Its server is busy for 30 s: end it rather than wait.
     effects.kill_servers();
+    assert!(text_of(&p.json()).contains("may have run"));
     assert!(p.closed());
     drop(p);
 }
