@@ -131,13 +131,13 @@ impl ToolTable {
         }
         if let Ok(mut learned) = self.learned.write() {
             for (name, hints) in tools {
-                tracing::debug!(tool = %name, ?hints, policy = self.from_hints(hints).name(), "learned");
+                tracing::debug!(tool = %name, ?hints, policy = self.policy_of(hints).name(), "learned");
                 learned.insert(name, hints);
             }
         }
     }
 
-    fn from_hints(&self, h: Hints) -> Policy {
+    fn policy_of(&self, h: Hints) -> Policy {
         Policy::from_hints(h.read_only, h.idempotent, self.cache_reads)
     }
 
@@ -150,7 +150,7 @@ impl ToolTable {
             .read()
             .ok()
             .and_then(|l| l.get(tool).copied())
-            .map_or(Policy::Guard, |h| self.from_hints(h))
+            .map_or(Policy::Guard, |h| self.policy_of(h))
     }
 }
 
