@@ -254,3 +254,60 @@ fn the_call_budget_holds_across_two_processes() {
     );
     assert_eq!(effects.count("charge"), 4, "{:?}", effects.all());
 }
+
+/// The Rust example server (the `rmcp` SDK), built next to the `idemp` binary.
+fn rust_example() -> std::path::PathBuf {
+    let bin = std::path::Path::new(idemp());
+    let example = bin.parent().unwrap().join("examples/mcp_annotated_server");
+    if !example.exists() {
+        // `cargo nextest run --examples` (the test command) builds it; a lone run of
+        // this test builds it here.
+        let status = std::process::Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "-p",
+                "idemp-cli",
+                "--example",
+                "mcp_annotated_server",
+            ])
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "cannot build the example: cargo build -p idemp-cli --example mcp_annotated_server"
+        );
+    }
+    assert!(example.exists(), "missing {}", example.display());
+    example
+}
+
+#[test]
+fn the_rust_example_server_runs_once_behind_the_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("charges.log");
+    let target = vec![
+        idemp().to_string(),
+        "mcp".into(),
+        "--store".into(),
+        sqlite(&dir),
+        "--".into(),
+        rust_example().display().to_string(),
+    ];
+    let calls = json!([
+        ["charge", {"customer": "rs", "cents": 3}],
+        ["charge", {"cents": 3, "customer": "rs"}],
+        ["get_balance", {"customer": "rs"}],
+        ["set_email", {"customer": "rs", "email": "a@b"}],
+        ["set_email", {"customer": "rs", "email": "a@b"}]
+    ]);
+    let r = run_agent(
+        &target,
+        &calls,
+        &[("CHARGES_LOG", log.display().to_string())],
+    );
+    assert_eq!(r[0], r[1]);
+    assert_eq!(r[2]["text"], "3");
+    assert_eq!(r[4]["text"], "a@b");
+    let lines = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(lines.lines().count(), 1, "{lines}");
+}
