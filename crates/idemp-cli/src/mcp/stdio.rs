@@ -234,7 +234,13 @@ async fn client_loop<R: AsyncBufRead + Unpin>(
                     }
                     continue;
                 }
-                let Some(key) = IdKey::of(id) else { continue };
+                let Some(key) = IdKey::of(id) else {
+                    // Unreachable for a classified request; relayed rather than lost.
+                    if to_server.send(line).await.is_err() {
+                        break;
+                    }
+                    continue;
+                };
                 tokio::spawn(guarded_call(
                     core.clone(),
                     line,
