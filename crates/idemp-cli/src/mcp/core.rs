@@ -48,11 +48,15 @@ pub struct Ticket {
     kind: TicketKind,
 }
 
+/// The answer of a cached read, for the callers that joined it (`Err`: not
+/// cacheable, each of them forwards its own call).
+type CacheFill = tokio::sync::oneshot::Sender<Result<Arc<str>, ()>>;
+
 #[derive(Debug)]
 enum TicketKind {
     Pass,
     Guard(Lease),
-    Cache(String),
+    Cache(CacheFill),
 }
 
 impl Ticket {
@@ -271,11 +275,44 @@ impl Core {
             self.metrics.cache_hits.increment(1);
             return Decision::Answer(line::response_line(id, &result));
         }
-        let ticket = Ticket {
-            policy: Policy::Cache,
-            kind: TicketKind::Cache(key),
-        };
-        self.forward(id, scope, tool, ticket).await
+        // A miss: load through the cache's singleflight, so that identical reads
+        // arriving together reach the server once. The load asks this call to
+        // forward, and waits for the answer (see `settle`).
+        let (ask_tx, ask_rx) = tokio::sync::oneshot::channel::<CacheFill>();
+        let loader = cache.clone();
+        let load = tokio::spawn(async move {
+            loader
+                .get_or_call_key(key, || async move {
+                    let (fill_tx, fill_rx) = tokio::sync::oneshot::channel();
+                    ask_tx.send(fill_tx).map_err(|_| ())?;
+                    fill_rx.await.map_err(|_| ())?
+                })
+                .await
+        });
+        match ask_rx.await {
+            Ok(fill) => {
+                let ticket = Ticket {
+                    policy: Policy::Cache,
+                    kind: TicketKind::Cache(fill),
+                };
+                self.forward(id, scope, tool, ticket).await
+            }
+            // Another identical read was loading: its answer, or (if it was not
+            // cacheable) this call goes to the server itself.
+            Err(_) => match load.await {
+                Ok(Ok(result)) => {
+                    self.metrics.cache_hits.increment(1);
+                    Decision::Answer(line::response_line(id, &result))
+                }
+                _ => {
+                    let ticket = Ticket {
+                        policy: Policy::Cache,
+                        kind: TicketKind::Pass,
+                    };
+                    self.forward(id, scope, tool, ticket).await
+                }
+            },
+        }
     }
 
     async fn decide_guarded(&self, id: &str, call: &ToolCall<'_>, scope: String) -> Decision {
@@ -426,12 +463,16 @@ impl Core {
     ) {
         match ticket.kind {
             TicketKind::Pass => {}
-            TicketKind::Cache(key) => {
-                if let (Some(cache), Some(result)) = (&self.cache, result)
-                    && line::result_kind(result) == ResultKind::Complete
-                {
-                    cache.insert(key, Arc::from(result.get())).await;
-                }
+            TicketKind::Cache(fill) => {
+                // Only complete, successful results are cached (the cache stores
+                // what the load returns); the callers that joined get it too.
+                let value = match result {
+                    Some(r) if line::result_kind(r) == ResultKind::Complete => {
+                        Ok(Arc::from(r.get()))
+                    }
+                    _ => Err(()),
+                };
+                let _ = fill.send(value);
             }
             TicketKind::Guard(lease) => {
                 let id = lease.id().clone();

@@ -291,6 +291,38 @@ async fn policies_follow_the_annotations() {
         assert_eq!(v["id"], id);
         assert_eq!(v["result"]["content"][0]["text"], "fresh");
     }
+    // Identical reads at once reach the server once (the cache's singleflight).
+    r.agent
+        .send_json(call(json!(20), "read", json!({"q": 2})))
+        .await;
+    r.agent
+        .send_json(call(json!(21), "read", json!({"q": 2})))
+        .await;
+    let req = r.server.json().await;
+    assert!(r.server.silent().await, "the second read joined the first");
+    r.server.send_json(ok(&req["id"], "joined")).await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let v = r.agent.json().await;
+        assert_eq!(v["result"]["content"][0]["text"], "joined");
+        ids.push(v["id"].as_i64().unwrap());
+    }
+    ids.sort();
+    assert_eq!(ids, vec![20, 21]);
+    // A failed read is not cached and the next one goes to the server.
+    r.agent
+        .send_json(call(json!(22), "read", json!({"q": 3})))
+        .await;
+    let req = r.server.json().await;
+    r.server
+        .send_json(json!({"jsonrpc":"2.0","id":req["id"],"error":{"code":-1,"message":"down"}}))
+        .await;
+    assert_eq!(r.agent.json().await["error"]["message"], "down");
+    r.agent
+        .send_json(call(json!(23), "read", json!({"q": 3})))
+        .await;
+    serve_one(&mut r, "up").await;
+    assert_eq!(r.agent.json().await["result"]["content"][0]["text"], "up");
     // idempotent: every call passes through.
     for id in 5..7 {
         r.agent
@@ -300,7 +332,7 @@ async fn policies_follow_the_annotations() {
         assert_eq!(r.agent.json().await["id"], id);
     }
     let m = r.core.metrics().render();
-    assert!(m.contains("idemp_mcp_cache_hits_total 2"), "{m}");
+    assert!(m.contains("idemp_mcp_cache_hits_total 3"), "{m}");
 }
 
 #[tokio::test]
