@@ -508,7 +508,7 @@ impl Core {
             return tool_error_line(
                 id,
                 &format!(
-                    "idemp: no answer from the server ({why}); the call may have run. It will not be run again automatically (see --on-ambiguous)."
+                    "idemp: no answer from the server ({why}); the call may have run. Once its lease passes, a retry is answered as --on-ambiguous says (surface: not run again; retake: run again)."
                 ),
             );
         }
