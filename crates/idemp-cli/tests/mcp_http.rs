@@ -207,3 +207,48 @@ async fn other_requests_pass_through() {
     assert_eq!(res.status(), 200);
     assert!(res.text().await.unwrap().contains("\"charge\""));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_server_releases_the_claim() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("idemp.db").display());
+    let closed = free_port();
+    let listen = free_port();
+    let _proxy = Proc(
+        Command::new(idemp())
+            .args(["mcp", "--store", &store])
+            .args(["--upstream", &format!("http://127.0.0.1:{closed}/mcp")])
+            .args(["--listen", &format!("127.0.0.1:{listen}")])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(listen);
+    for id in [1, 2] {
+        let (status, v) = post_call(
+            listen,
+            id,
+            "charge",
+            "charge",
+            None,
+            json!({"customer": "u", "cents": 1}),
+        )
+        .await;
+        assert_eq!(status, 502);
+        assert_eq!(v["id"], id, "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("not sent"),
+            "{v}"
+        );
+    }
+    // Nothing was claimed for good: the retry above was not refused as in progress,
+    // and the store holds no record.
+    let out = Command::new(idemp())
+        .args(["records", "stats", "--store", &store, "--json"])
+        .output()
+        .unwrap();
+    let stats: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stats["in_progress"], 0, "{stats}");
+    assert_eq!(stats["completed"], 0, "{stats}");
+    assert_eq!(stats["ambiguous"], 0, "{stats}");
+}

@@ -547,3 +547,48 @@ async fn invalid_keys_are_protocol_errors() {
     assert_eq!(r.agent.json().await["error"]["code"], -32602);
     assert!(r.server.silent().await);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_call_is_settled_by_a_late_answer_or_left_ambiguous() {
+    let store: DynStore = Arc::new(MemoryStore::new());
+    let mut r = start(store.clone(), config(|_| {}));
+    let cancel = |id: i64| json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":id}});
+
+    // Cancelled, but the server answers within the grace period: settled as usual.
+    r.agent
+        .send_json(call(json!(1), "send", json!({"k": 1})))
+        .await;
+    let req = r.server.json().await;
+    r.agent.send_json(cancel(1)).await;
+    assert_eq!(
+        r.server.json().await["method"],
+        "notifications/cancelled",
+        "relayed"
+    );
+    r.server.send_json(ok(&req["id"], "done anyway")).await;
+    assert_eq!(r.agent.json().await["id"], 1);
+    r.agent
+        .send_json(call(json!(2), "send", json!({"k": 1})))
+        .await;
+    assert_eq!(
+        r.agent.json().await["result"]["content"][0]["text"],
+        "done anyway"
+    );
+
+    // Cancelled and the server stays silent: after the grace period the call is
+    // left to become ambiguous (the agent asked for no answer and gets none).
+    r.agent
+        .send_json(call(json!(3), "send", json!({"k": 2})))
+        .await;
+    r.server.json().await;
+    r.agent.send_json(cancel(3)).await;
+    r.server.json().await;
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert!(r.agent.silent().await);
+    let m = r.core.metrics().render();
+    assert!(m.contains("idemp_mcp_ambiguous_total 1"), "{m}");
+    assert_eq!(
+        store.stats().await.unwrap().in_progress + store.stats().await.unwrap().ambiguous,
+        1
+    );
+}
