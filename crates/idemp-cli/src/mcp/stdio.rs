@@ -138,14 +138,26 @@ where
         max_message,
         client_done_tx,
     ));
-    server_loop(
+    let server = server_loop(
         core.clone(),
         BufReader::with_capacity(64 << 10, server_out),
         to_client.clone(),
         pending.clone(),
         max_message,
-    )
-    .await;
+    );
+    // Until the server's output ends; or, once the agent has left (its input closed,
+    // so the server's was closed too), for at most EXIT_GRACE more.
+    let agent_left = {
+        let mut done = client_done.clone();
+        async move {
+            let _ = done.wait_for(|d| *d).await;
+            tokio::time::sleep(EXIT_GRACE).await;
+        }
+    };
+    tokio::select! {
+        () = server => {}
+        () = agent_left => tracing::warn!(grace = ?EXIT_GRACE, "the server kept its output open after the agent left"),
+    }
     let client_ended = *client_done.borrow_and_update();
     client_loop.abort();
     // The server's output ended: every call still waiting for it will never get

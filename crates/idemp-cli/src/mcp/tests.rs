@@ -592,3 +592,21 @@ async fn a_cancelled_call_is_settled_by_a_late_answer_or_left_ambiguous() {
         1
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_server_that_ignores_the_end_of_its_input_is_not_waited_for_forever() {
+    let mut r = start(Arc::new(MemoryStore::new()), config(|_| {}));
+    r.agent.send_json(call(json!(1), "send", json!({}))).await;
+    r.server.json().await;
+    // The agent leaves; the server neither answers nor exits.
+    drop(r.agent);
+    assert!(
+        r.server.line().await.is_empty(),
+        "EOF on the server's stdin"
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(30), r.task).await;
+    assert!(
+        ended.expect("the relay gave up waiting").unwrap(),
+        "the agent ended first"
+    );
+}
