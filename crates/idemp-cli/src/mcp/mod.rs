@@ -31,6 +31,7 @@ mod core;
 mod http;
 pub mod line;
 mod metrics;
+mod pipe;
 mod policy;
 mod stdio;
 #[cfg(test)]

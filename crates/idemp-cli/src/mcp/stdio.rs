@@ -445,15 +445,16 @@ pub async fn run(core: Arc<Core>, command: &[String], max_message: usize) -> any
         anyhow::bail!("cannot talk to the MCP server `{program}`: no pipes");
     };
     tracing::info!(command = %command.join(" "), pid = child.id().unwrap_or(0), "idemp mcp relaying stdio");
-    let client_ended = relay(
-        core,
-        tokio::io::stdin(),
-        tokio::io::stdout(),
-        server_in,
-        server_out,
-        max_message,
-    )
-    .await;
+    let client_ended = match super::pipe::Pipe::stdio() {
+        Some((input, output)) => {
+            relay(core, input, output, server_in, server_out, max_message).await
+        }
+        None => {
+            tracing::debug!("stdin/stdout are not private pipes: relaying through tokio's stdio");
+            let (input, output) = (tokio::io::stdin(), tokio::io::stdout());
+            relay(core, input, output, server_in, server_out, max_message).await
+        }
+    };
     // The server closed its output: it is exiting (or the agent left and its stdin
     // was closed). Give it a moment, then make sure it is gone.
     let status = match tokio::time::timeout(EXIT_GRACE, child.wait()).await {
