@@ -1,7 +1,7 @@
 //! `idemp`: the command-line interface of idemp.
 //!
 //! The surface of `idemp key`, `idemp canon`, `idemp hash`, `idemp serve`,
-//! `idemp records` and `idemp demo` is a contract (SPEC section 6): the value alone on
+//! `idemp records`, `idemp mcp` and `idemp demo` is a contract (SPEC section 6): the value alone on
 //! stdout followed by a newline; errors as one line on stderr and a non-zero exit.
 
 use std::process::ExitCode;
@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 mod canon;
 mod demo;
 mod key;
+mod mcp;
 mod records;
 mod serve;
 
@@ -34,6 +35,8 @@ enum Command {
     Serve(Box<serve::ServeArgs>),
     /// Inspect and manage stored records.
     Records(records::RecordsArgs),
+    /// Relay an MCP server (stdio or Streamable HTTP) with at-most-once tool calls.
+    Mcp(Box<mcp::McpArgs>),
     /// Run a self-contained retry storm against a flaky upstream, with and without idemp.
     Demo(demo::DemoArgs),
 }
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(*args),
         Command::Records(args) => records::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Mcp(args) => mcp::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -38,6 +38,7 @@ use tower::{Layer, ServiceExt};
 
 pub use admin::Metrics;
 pub use config::{LogFormat, ServeArgs, ServeConfig};
+pub(crate) use config::{parse_duration, parse_size};
 pub use forward::ClientAddr;
 
 /// A proxy started by [`start`].
