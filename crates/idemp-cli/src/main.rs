@@ -12,7 +12,8 @@ mod canon;
 mod demo;
 mod key;
 mod records;
-mod serve;
+
+use idemp_cli::serve;
 
 /// Make retries safe: idempotency keys, canonical hashes, and an idempotency proxy.
 #[derive(Debug, Parser)]
