@@ -44,6 +44,8 @@ pub fn response(status: u16, body: &str) -> Vec<u8> {
 pub struct FaultyUpstream {
     pub addr: SocketAddr,
     executions: Arc<AtomicUsize>,
+    /// The request lines received (`POST /x HTTP/1.1`), in order.
+    lines: Arc<Mutex<Vec<String>>>,
     /// The script for the next requests, in order; the last one repeats.
     scripts: Arc<Mutex<Vec<Vec<Step>>>>,
     task: tokio::task::JoinHandle<()>,
@@ -67,19 +69,21 @@ impl FaultyUpstream {
         let addr = listener.local_addr().unwrap();
         let executions = Arc::new(AtomicUsize::new(0));
         let scripts = Arc::new(Mutex::new(scripts));
-        let (ex, sc) = (executions.clone(), scripts.clone());
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (ex, sc, li) = (executions.clone(), scripts.clone(), lines.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (ex, sc) = (ex.clone(), sc.clone());
-                tokio::spawn(serve(stream, ex, sc));
+                let (ex, sc, li) = (ex.clone(), sc.clone(), li.clone());
+                tokio::spawn(serve(stream, ex, sc, li));
             }
         });
         Self {
             addr,
             executions,
+            lines,
             scripts,
             task,
         }
@@ -93,9 +97,19 @@ impl FaultyUpstream {
     pub fn executions(&self) -> usize {
         self.executions.load(Ordering::SeqCst)
     }
+
+    /// The request lines received, in order.
+    pub fn request_lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
 }
 
-async fn serve(mut stream: TcpStream, ex: Arc<AtomicUsize>, sc: Arc<Mutex<Vec<Vec<Step>>>>) {
+async fn serve(
+    mut stream: TcpStream,
+    ex: Arc<AtomicUsize>,
+    sc: Arc<Mutex<Vec<Vec<Step>>>>,
+    lines: Arc<Mutex<Vec<String>>>,
+) {
     let mut buf = Vec::new();
     loop {
         // One request: the head, then Content-Length bytes.
@@ -122,6 +136,9 @@ async fn serve(mut stream: TcpStream, ex: Arc<AtomicUsize>, sc: Arc<Mutex<Vec<Ve
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
         }
+        let line = head.lines().next().unwrap_or("").to_owned();
+        let original = String::from_utf8_lossy(&buf[..line.len()]).into_owned();
+        lines.lock().unwrap().push(original);
         buf.drain(..head_end + len);
         let n = ex.fetch_add(1, Ordering::SeqCst);
         let script = {
