@@ -153,12 +153,23 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningProxy> {
         });
     }
 
+    // Expired records leave the store (memory, SQLite, Postgres keep them otherwise).
+    let sweeper = {
+        let metrics = metrics.clone();
+        idemp::store::Sweeper::builder(store.clone())
+            .interval(config.sweep_interval)
+            .on_sweep(move |removed| metrics.swept(removed))
+            .spawn()
+    };
     let task = tokio::spawn(serve_until_stopped(
         listener,
         service,
         metrics.clone(),
         stop_rx,
-        in_flight.clone(),
+        Settling {
+            in_flight: in_flight.clone(),
+            sweeper,
+        },
         config.limits,
         config.shutdown_timeout,
     ));
@@ -185,6 +196,14 @@ fn mask(url: &str) -> String {
 
 type Stack = idemp::http::Idempotency<Forward>;
 
+/// What is waited for, then stopped, once the server has stopped.
+struct Settling {
+    /// The layer's handler tasks (they settle records).
+    in_flight: InFlight,
+    /// The sweeper of expired records.
+    sweeper: idemp::store::Sweeper,
+}
+
 /// Serves until `stop`, then lets requests in progress finish and their handler tasks
 /// settle their records, all within `grace`.
 async fn serve_until_stopped(
@@ -192,10 +211,11 @@ async fn serve_until_stopped(
     service: Stack,
     metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
-    in_flight: InFlight,
+    settling: Settling,
     limits: Limits,
     grace: Duration,
 ) {
+    let Settling { in_flight, sweeper } = settling;
     let deadline = Instant::now() + grace;
     let handler = move |req, peer| handle(service.clone(), metrics.clone(), peer, req);
     server::run(listener, handler, limits, stop, grace).await;
@@ -209,7 +229,8 @@ async fn serve_until_stopped(
             "requests still running after the shutdown timeout; their records stay in progress until their lease passes"
         );
     }
-    tracing::info!("stopped");
+    let swept = sweeper.stop().await;
+    tracing::info!(swept = swept.removed, "stopped");
 }
 
 type ProxyBody = http_body_util::Either<
