@@ -100,9 +100,9 @@ async fn the_sqlite_file_returns_to_its_steady_state() {
     fill(&c, &proxy.url("/charge"), "sqlite").await;
 
     let rows = || -> i64 {
-        let db = rusqlite::Connection::open_with_flags(
+        let db = idemp::store::sqlite::rusqlite::Connection::open_with_flags(
             &path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            idemp::store::sqlite::rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
         )
         .unwrap();
         db.query_row("SELECT count(*) FROM idemp_records", [], |r| r.get(0))
