@@ -70,7 +70,8 @@ pub const MAX_RESPONSE_HEADERS: usize = 512;
 /// The largest HTTP/2 header list accepted from an upstream (bytes).
 pub const MAX_RESPONSE_HEADER_LIST: u32 = 256 << 10;
 
-/// The longest wait for a connection (TCP and TLS) to the upstream.
+/// The longest wait for a connection (TCP and TLS) to the upstream (and at most 80%
+/// of `--upstream-timeout`).
 pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The client's address, put into request extensions by the accept loop.
@@ -190,7 +191,9 @@ impl Forward {
                 .https_or_http()
                 .enable_all_versions()
                 .wrap_connector(http),
-            timeout: options.timeout.min(MAX_CONNECT_TIMEOUT),
+            // Below the exchange deadline, so that a connect that never completes is
+            // reported as such (not sent) rather than as a timeout of the exchange.
+            timeout: options.timeout.mul_f64(0.8).min(MAX_CONNECT_TIMEOUT),
         };
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())

@@ -56,6 +56,23 @@ impl TestCa {
     }
 }
 
+/// A rustls server (ring) with `cert`, offering `alpn`: wrap any test server's
+/// accepted sockets with it to serve HTTPS (`acceptor.accept(tcp).await`).
+pub fn acceptor(
+    cert: (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>),
+    alpn: &[&[u8]],
+) -> tokio_rustls::TlsAcceptor {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(cert.0, cert.1)
+        .unwrap();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
 /// What one connection negotiated and one request looked like.
 #[derive(Clone, Debug)]
 pub struct Seen {
@@ -106,15 +123,7 @@ impl TlsUpstream {
         cert: (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>),
         alpn: &[&[u8]],
     ) -> Self {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(cert.0, cert.1)
-            .unwrap();
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let acceptor = acceptor(cert, alpn);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(TlsState::default());
