@@ -7,11 +7,13 @@
 
 mod serve_support;
 
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serve_support::*;
 
-/// Runs `idemp serve` with `args` (and `env`), expecting it to refuse to start.
+/// Runs `idemp serve` with `args` (and `env`), expecting it to refuse to start (a
+/// proxy that starts instead is killed and the test fails).
 fn refused(args: &[&str], env: &[(&str, &str)]) -> String {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_idemp"));
     cmd.args([
@@ -23,17 +25,28 @@ fn refused(args: &[&str], env: &[(&str, &str)]) -> String {
     ])
     .args(["--admin", "off", "--store", "memory:"])
     .args(args)
-    .env("IDEMP_LOG", "warn");
+    .env("IDEMP_LOG", "warn")
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().unwrap();
-    assert!(
-        !out.status.success(),
-        "{args:?} {env:?} started: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let mut child = cmd.spawn().unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{args:?} {env:?}: the proxy started instead of refusing");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{args:?} {env:?}: {err}");
     assert_eq!(
         err.trim_end().lines().count(),
         1,
