@@ -40,7 +40,7 @@ use tokio::task::JoinHandle;
 use tower::{Layer, ServiceExt};
 
 pub use admin::Metrics;
-pub use config::{Limits, LogFormat, ServeArgs, ServeConfig};
+pub use config::{Limits, LogFormat, ServeArgs, ServeConfig, parse_duration, parse_size};
 pub use forward::{ClientAddr, Forward, ForwardOptions};
 
 /// A proxy started by [`start`].
