@@ -13,7 +13,8 @@ mod demo;
 mod key;
 mod mcp;
 mod records;
-mod serve;
+
+use idemp_cli::serve;
 
 /// Make retries safe: idempotency keys, canonical hashes, and an idempotency proxy.
 #[derive(Debug, Parser)]

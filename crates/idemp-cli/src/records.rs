@@ -1,5 +1,23 @@
 //! `idemp records ls|show KEY|purge KEY|stats [--store URL] [--json]`: inspect and
-//! manage the records of a store.
+//! manage the records of a store; `idemp records resolve KEY --executed|--not-executed`
+//! settles an ambiguous one.
+//!
+//! `--scope` takes a scope as `ls` and `show` print it: `-` is the empty scope.
+//!
+//! ## Resolving an ambiguous record
+//!
+//! A record is ambiguous when the request was sent and its outcome was lost (a
+//! timeout, a reset, a crash): nobody knows whether the side effect happened. When an
+//! operator has found out (in the upstream's own records, a payment dashboard…):
+//!
+//! * `--executed`: the record is completed with an answer saying so, and every retry
+//!   gets it (`409`, type `https://idemp.dev/problems/response-not-stored`,
+//!   `x-should-retry: false`, and `idemp-resolved: executed`), never a second run;
+//! * `--not-executed`: the record is deleted, and the next request runs.
+//!
+//! Only a record that is still ambiguous is changed (through `Guard::resolve`, one
+//! atomic takeover): one in progress whose lease has not passed, or one already
+//! settled, is left alone and reported.
 //!
 //! The store defaults to `sqlite://idemp.db` (the same as `idemp serve`), or
 //! `$IDEMP_STORE`. A SQLite path that does not exist is reported as "no such store"
@@ -23,6 +41,7 @@
 //! * `ls`: `{"records": [record…], "count": N, "truncated": bool}`
 //! * `show`: a record
 //! * `purge`: `{"scope": S, "key": K, "purged": true}`
+//! * `resolve`: `{"scope": S, "key": K, "resolved": "executed" | "not_executed"}`
 //! * `stats`: `{"in_progress": N, "ambiguous": N, "completed": N, "failed": N,
 //!   "total": N, "outcome_bytes": N | null}`
 
@@ -31,6 +50,8 @@ use std::io::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
+use idemp::guard::{Guard, Resolution, Resolved, ValueCodec};
+use idemp::http::StoredResponse;
 use idemp::store::sqlite::SqliteStore;
 use idemp::store::{Compression, DynStore, ListQuery, Outcome, Record, RecordKey, State, StoreUrl};
 use serde_json::{Value, json};
@@ -69,7 +90,7 @@ enum RecordsCommand {
     Show {
         /// The idempotency key.
         key: String,
-        /// The record's scope.
+        /// The record's scope, as `ls` prints it (`-`: the empty scope).
         #[arg(long, default_value = "")]
         scope: String,
     },
@@ -77,9 +98,29 @@ enum RecordsCommand {
     Purge {
         /// The idempotency key.
         key: String,
-        /// The record's scope.
+        /// The record's scope, as `ls` prints it (`-`: the empty scope).
         #[arg(long, default_value = "")]
         scope: String,
+    },
+    /// Settle an ambiguous record: the request was executed (retries are told so) or
+    /// was not (the next request runs).
+    #[command(group(clap::ArgGroup::new("outcome").required(true).args(["executed", "not_executed"])))]
+    Resolve {
+        /// The idempotency key.
+        key: String,
+        /// The record's scope, as `ls` prints it (`-`: the empty scope).
+        #[arg(long, default_value = "")]
+        scope: String,
+        /// The side effect happened: complete the record; retries get a problem saying
+        /// it was executed, never a second run.
+        #[arg(long)]
+        executed: bool,
+        /// The side effect did not happen: delete the record; the next request runs.
+        #[arg(long)]
+        not_executed: bool,
+        /// How long an `--executed` record is kept.
+        #[arg(long, default_value = "24h")]
+        ttl: String,
     },
     /// Count records by state.
     Stats,
@@ -122,7 +163,7 @@ async fn run_async(args: RecordsArgs) -> anyhow::Result<()> {
             }
         }
         RecordsCommand::Show { key, scope } => {
-            let id = RecordKey::new(scope, key);
+            let id = RecordKey::new(scope_arg(scope), key);
             let Some(rec) = store.get(&id).await? else {
                 bail!("no record {}", describe(&id));
             };
@@ -133,7 +174,7 @@ async fn run_async(args: RecordsArgs) -> anyhow::Result<()> {
             }
         }
         RecordsCommand::Purge { key, scope } => {
-            let id = RecordKey::new(scope, key);
+            let id = RecordKey::new(scope_arg(scope), key);
             if !store.purge(&id).await? {
                 bail!("no record {}", describe(&id));
             }
@@ -145,6 +186,37 @@ async fn run_async(args: RecordsArgs) -> anyhow::Result<()> {
                 )?;
             } else {
                 writeln!(out, "purged {}", describe(&id))?;
+            }
+        }
+        RecordsCommand::Resolve {
+            key,
+            scope,
+            executed,
+            not_executed: _,
+            ttl,
+        } => {
+            let id = RecordKey::new(scope_arg(scope), key);
+            let ttl = parse_ttl(&ttl)?;
+            resolve(&store, &id, executed, ttl, now).await?;
+            let word = if executed { "executed" } else { "not_executed" };
+            if args.json {
+                writeln!(
+                    out,
+                    "{}",
+                    json!({"scope": id.scope, "key": id.key, "resolved": word})
+                )?;
+            } else if executed {
+                writeln!(
+                    out,
+                    "resolved {} as executed: retries are told so and never run it again",
+                    describe(&id)
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "resolved {} as not executed: the record is gone and the next request runs",
+                    describe(&id)
+                )?;
             }
         }
         RecordsCommand::Stats => {
@@ -182,6 +254,100 @@ async fn run_async(args: RecordsArgs) -> anyhow::Result<()> {
     stdout.write_all(out.as_bytes())?;
     stdout.flush()?;
     Ok(())
+}
+
+/// A scope as `ls` and `show` print it: `-` is the empty scope.
+fn scope_arg(scope: String) -> String {
+    if scope == "-" { String::new() } else { scope }
+}
+
+fn parse_ttl(s: &str) -> anyhow::Result<Duration> {
+    let d = match s.trim().parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(s.trim())
+            .map_err(|e| anyhow::anyhow!("invalid --ttl `{s}`: {e} (write e.g. 24h)"))?,
+    };
+    if d < Duration::from_secs(1) || d > Duration::from_secs(3650 * 86400) {
+        bail!("invalid --ttl `{s}`: between 1s and 3650d");
+    }
+    Ok(d)
+}
+
+/// Bytes that postcard writes as they are: a tuple of `u8`s has no length prefix, so a
+/// guard with the postcard codec stores exactly these bytes.
+struct RawPostcard<'a>(&'a [u8]);
+
+impl serde::Serialize for RawPostcard<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut t = serializer.serialize_tuple(self.0.len())?;
+        for b in self.0 {
+            t.serialize_element(b)?;
+        }
+        t.end()
+    }
+}
+
+/// The response a retry of an operator-resolved, executed request gets: a problem
+/// saying it was executed, and when it was resolved.
+fn executed_response(now_ms: u64) -> StoredResponse {
+    let body = json!({
+        "type": "https://idemp.dev/problems/response-not-stored",
+        "title": "The request was executed; its response is not available",
+        "status": 409,
+        "detail": format!(
+            "an earlier attempt with this Idempotency-Key was executed, as an operator confirmed with `idemp records resolve --executed` at {}; its response was lost, and the request is not run again",
+            rfc3339(now_ms)
+        ),
+    });
+    StoredResponse {
+        status: 409,
+        headers: vec![
+            ("content-type".into(), b"application/problem+json".to_vec()),
+            ("cache-control".into(), b"no-store".to_vec()),
+            ("x-should-retry".into(), b"false".to_vec()),
+            ("stripe-should-retry".into(), b"false".to_vec()),
+            ("idemp-resolved".into(), b"executed".to_vec()),
+        ],
+        body: body.to_string().into_bytes(),
+    }
+}
+
+/// Settles an ambiguous record through `Guard::resolve`.
+async fn resolve(
+    store: &DynStore,
+    id: &RecordKey,
+    executed: bool,
+    ttl: Duration,
+    now: u64,
+) -> anyhow::Result<()> {
+    let guard = Guard::builder(store.clone())
+        .scope(id.scope.clone())
+        .ttl(ttl)
+        .codec(ValueCodec::Postcard)
+        .build();
+    let outcome = executed_response(now).to_outcome();
+    if outcome.codec != idemp::store::Codec::Postcard || outcome.compression != Compression::None {
+        bail!("this build cannot write the HTTP layer's stored responses through the guard");
+    }
+    let resolution = if executed {
+        Resolution::Completed(RawPostcard(&outcome.bytes))
+    } else {
+        Resolution::Retake
+    };
+    match guard.resolve(&id.key, resolution).await {
+        Ok(Resolved::Applied) => Ok(()),
+        Ok(Resolved::NotAmbiguous("absent")) => bail!("no record {}", describe(id)),
+        Ok(Resolved::NotAmbiguous("in_progress")) => bail!(
+            "{} is in progress and its lease has not passed: it may still be running; wait for it to settle or for its lease to pass",
+            describe(id)
+        ),
+        Ok(Resolved::NotAmbiguous(state)) => bail!(
+            "{} is not ambiguous: it is already {state}; nothing changed",
+            describe(id)
+        ),
+        Err(e) => Err(anyhow::anyhow!(e).context(format!("cannot resolve {}", describe(id)))),
+    }
 }
 
 /// Opens a store without creating anything: a missing SQLite file is "no such store".

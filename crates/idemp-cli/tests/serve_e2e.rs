@@ -350,7 +350,7 @@ async fn retryable_upstream_statuses_are_not_stored() {
 }
 
 #[tokio::test]
-async fn upstream_timeout_is_504_and_releases() {
+async fn upstream_timeout_is_504_and_surfaced_as_ambiguous() {
     let up = Upstream::start().await;
     let proxy = Proxy::start(
         &up.url(),
@@ -361,8 +361,42 @@ async fn upstream_timeout_is_504_and_releases() {
     assert_eq!(res.status(), 504);
     let p: serde_json::Value = res.json().await.unwrap();
     assert_eq!(p["type"], "https://idemp.dev/problems/upstream-timeout");
-    // Released, so the retry runs (the task says so: a timeout is retryable; the
-    // upstream may have done the work, which is why its own key matters too).
+    // The request reached the upstream, which may have done the work: under the
+    // default `--on-ambiguous surface` the retry is told so and never runs it again.
+    let res = c
+        .post(proxy.url("/charge"))
+        .header("idempotency-key", "slow")
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 409);
+    assert_eq!(res.headers()["x-should-retry"], "false");
+    let p: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(p["type"], "https://idemp.dev/problems/outcome-ambiguous");
+    // The upstream counts an execution when the request arrives.
+    assert_eq!(up.state.charges_of("slow"), 1);
+}
+
+#[tokio::test]
+async fn upstream_timeout_under_retake_runs_again() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(
+        &up.url(),
+        &[
+            "--store",
+            "memory:",
+            "--upstream-timeout",
+            "700ms",
+            "--on-ambiguous",
+            "retake",
+        ],
+    );
+    let c = client();
+    let res = post_until_settled(&c, &proxy.url("/charge?delay_ms=5000"), "slow", "{}").await;
+    assert_eq!(res.status(), 504);
+    // `retake` is at-least-once: the key is released and the retry runs.
     let res = post_until_settled(&c, &proxy.url("/charge"), "slow", "{}").await;
     assert_eq!(res.status(), 201);
     assert_eq!(up.state.charges_of("slow"), 2);

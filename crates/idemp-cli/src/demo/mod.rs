@@ -229,6 +229,7 @@ async fn start_proxy(upstream: SocketAddr, store: &str) -> anyhow::Result<serve:
     config.listen = loopback;
     config.admin = Some(loopback);
     config.store = store.to_owned();
+    config.upstream_timeout = Duration::from_secs(4);
     config.shutdown_timeout = Duration::from_secs(5);
     config.ttl = Duration::from_secs(600);
     serve::start(config)

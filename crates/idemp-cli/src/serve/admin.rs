@@ -9,6 +9,7 @@
 //! | `idemp_events_total` | `event` (every [`Event`]: claimed, replayed, stored, released, ambiguous, ambiguous_refused, not_stored, not_stored_refused, joined, joiner_cut_off, truncated, client_gone, overloaded, …) |
 //! | `idemp_claims_total`, `idemp_replays_total`, `idemp_conflicts_total`, `idemp_mismatches_total`, `idemp_takeovers_total`, `idemp_fenced_total` | |
 //! | `idemp_store_latency_seconds` (histogram) | `op` (claim, complete, release, renew, wait), `ok` |
+//! | `idemp_swept_records_total` | expired records removed by the sweeper |
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -47,6 +48,7 @@ pub struct Metrics {
     events: HashMap<Event, Vec<Counter>>,
     latency: HashMap<(StoreOp, bool), Histogram>,
     requests: HashMap<(&'static str, &'static str), Counter>,
+    swept: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -120,11 +122,15 @@ impl Metrics {
                 requests.insert((d, class), recorder.register_counter(&key, &METADATA));
             }
         }
+        let swept =
+            recorder.register_counter(&Key::from_name("idemp_swept_records_total"), &METADATA);
+        swept.absolute(0);
         Ok(Self {
             handle,
             events,
             latency,
             requests,
+            swept,
         })
     }
 
@@ -143,6 +149,11 @@ impl Metrics {
         if let Some(c) = self.requests.get(&(d, class)) {
             c.increment(1);
         }
+    }
+
+    /// Counts records removed by the sweeper.
+    pub fn swept(&self, removed: u64) {
+        self.swept.increment(removed);
     }
 
     /// The Prometheus text exposition.

@@ -1,10 +1,15 @@
 //! `idemp serve`: the idempotency sidecar proxy.
 //!
 //! ```text
-//! client ──▶ accept loop ──▶ access log ──▶ IdempotencyLayer ──▶ Forward ──▶ upstream
-//!                                               │ store (claim / complete / release)
-//! admin listener: /healthz, /metrics
+//! client ──▶ server (limits) ──▶ path normal form ──▶ access log ──▶ IdempotencyLayer ──▶ Forward ──▶ upstream
+//!                                                                        │ store (claim / complete / release)
+//! admin listener: /healthz, /metrics            sweeper: removes expired records every --sweep-interval
 //! ```
+//!
+//! * [`server`]: the accept loop, the connection limits and the shutdown;
+//! * [`forward`]: the upstream hop (HTTP/1.1, or HTTPS with HTTP/2 or HTTP/1.1 by
+//!   ALPN through [`tls`]) and how its failures are reported;
+//! * [`config`]: flags, environment and TOML, validated at start.
 //!
 //! [`start`] runs it in-process and returns the bound addresses and a handle
 //! ([`RunningProxy`]) for a graceful shutdown; [`run`] is the command: it starts the
@@ -18,18 +23,16 @@
 
 mod admin;
 mod config;
-mod forward;
+pub mod forward;
+pub mod server;
+pub mod tls;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::graceful::GracefulShutdown;
 use idemp::http::{Disposition, IdempotencyLayer, InFlight};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -37,9 +40,8 @@ use tokio::task::JoinHandle;
 use tower::{Layer, ServiceExt};
 
 pub use admin::Metrics;
-pub use config::{LogFormat, ServeArgs, ServeConfig};
-pub(crate) use config::{parse_duration, parse_size};
-pub use forward::ClientAddr;
+pub use config::{Limits, LogFormat, ServeArgs, ServeConfig, parse_duration, parse_size};
+pub use forward::{ClientAddr, Forward, ForwardOptions};
 
 /// A proxy started by [`start`].
 ///
@@ -83,6 +85,7 @@ impl RunningProxy {
 /// Starts the proxy in the current tokio runtime: opens the store, binds the
 /// listeners (port 0 picks free ports) and serves until [`RunningProxy::shutdown`].
 pub async fn start(config: ServeConfig) -> anyhow::Result<RunningProxy> {
+    config.validate()?;
     let store = match &config.store_instance {
         Some(s) => s.clone(),
         None => idemp::store::open(&config.store)
@@ -106,7 +109,12 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningProxy> {
     }
     let layer = builder.build();
     let in_flight = layer.in_flight();
-    let forward = forward::Forward::new(&config.upstream, config.upstream_timeout)?;
+    let forward = Forward::new(&ForwardOptions {
+        upstream: config.upstream.clone(),
+        timeout: config.upstream_timeout,
+        idle_timeout: config.upstream_idle_timeout,
+        tls: config.upstream_tls.clone(),
+    })?;
     let service = layer.layer(forward);
 
     let listener = TcpListener::bind(config.listen)
@@ -146,12 +154,24 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningProxy> {
         });
     }
 
-    let task = tokio::spawn(accept_loop(
+    // Expired records leave the store (memory, SQLite, Postgres keep them otherwise).
+    let sweeper = {
+        let metrics = metrics.clone();
+        idemp::store::Sweeper::builder(store.clone())
+            .interval(config.sweep_interval)
+            .on_sweep(move |removed| metrics.swept(removed))
+            .spawn()
+    };
+    let task = tokio::spawn(serve_until_stopped(
         listener,
         service,
         metrics.clone(),
         stop_rx,
-        in_flight.clone(),
+        Settling {
+            in_flight: in_flight.clone(),
+            sweeper,
+        },
+        config.limits,
         config.shutdown_timeout,
     ));
     tracing::info!(
@@ -175,56 +195,31 @@ fn mask(url: &str) -> String {
     idemp::store::url::mask_password(url)
 }
 
-type Stack = idemp::http::Idempotency<forward::Forward>;
+type Stack = idemp::http::Idempotency<Forward>;
 
-async fn accept_loop(
+/// What is waited for, then stopped, once the server has stopped.
+struct Settling {
+    /// The layer's handler tasks (they settle records).
+    in_flight: InFlight,
+    /// The sweeper of expired records.
+    sweeper: idemp::store::Sweeper,
+}
+
+/// Serves until `stop`, then lets requests in progress finish and their handler tasks
+/// settle their records, all within `grace`.
+async fn serve_until_stopped(
     listener: TcpListener,
     service: Stack,
     metrics: Arc<Metrics>,
-    mut stop: watch::Receiver<bool>,
-    in_flight: InFlight,
+    stop: watch::Receiver<bool>,
+    settling: Settling,
+    limits: Limits,
     grace: Duration,
 ) {
-    let graceful = GracefulShutdown::new();
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off, keep serving.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let service = service.clone();
-                let metrics = metrics.clone();
-                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    handle(service.clone(), metrics.clone(), peer, req)
-                });
-                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, client = %peer, "connection ended with an error");
-                    }
-                });
-            }
-            _ = stop.changed() => break,
-        }
-    }
-    drop(listener);
-    tracing::info!("shutting down: waiting for in-flight requests");
+    let Settling { in_flight, sweeper } = settling;
     let deadline = Instant::now() + grace;
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(?grace, "connections still open after the shutdown timeout");
-    }
+    let handler = move |req, peer| handle(service.clone(), metrics.clone(), peer, req);
+    server::run(listener, handler, limits, stop, grace).await;
     let left = deadline.saturating_duration_since(Instant::now());
     if tokio::time::timeout(left, in_flight.drained())
         .await
@@ -239,20 +234,50 @@ async fn accept_loop(
         in_flight.abandon();
         let _ = tokio::time::timeout(Duration::from_secs(5), in_flight.drained()).await;
     }
-    tracing::info!("stopped");
+    let swept = sweeper.stop().await;
+    tracing::info!(swept = swept.removed, "stopped");
 }
+
+type ProxyBody = http_body_util::Either<
+    idemp::http::ResponseBody<forward::ForwardBody>,
+    http_body_util::Full<bytes::Bytes>,
+>;
 
 async fn handle(
     service: Stack,
     metrics: Arc<Metrics>,
     peer: SocketAddr,
-    mut req: Request<Incoming>,
-) -> Result<Response<idemp::http::ResponseBody<forward::ForwardBody>>, Infallible> {
+    mut req: Request<server::TimedBody>,
+) -> Response<ProxyBody> {
     let start = Instant::now();
     let method = req.method().clone();
+    // One spelling of each path before the layer keys it and the forwarder sends
+    // it; a path that climbs out of the upstream's base path is refused here.
+    match forward::normalize_request_uri(req.uri()) {
+        Ok(Some(uri)) => *req.uri_mut() = uri,
+        Ok(None) => {}
+        Err(e) => {
+            let res = forward::invalid_path_response(&e);
+            metrics.request(None, res.status());
+            tracing::info!(
+                target: "idemp::access",
+                client = %peer.ip(),
+                %method,
+                path = req.uri().path(),
+                status = res.status().as_u16(),
+                disposition = "invalid_path",
+                micros = start.elapsed().as_micros() as u64,
+                "request"
+            );
+            return res.map(|b| http_body_util::Either::Right(http_body_util::Full::new(b)));
+        }
+    }
     let path = req.uri().path().to_owned();
     req.extensions_mut().insert(ClientAddr(peer));
-    let res = service.oneshot(req).await?;
+    let res = match service.oneshot(req).await {
+        Ok(res) => res,
+        Err(never) => match never {},
+    };
     let disposition = res.extensions().get::<Disposition>().copied();
     metrics.request(disposition, res.status());
     tracing::info!(
@@ -265,7 +290,7 @@ async fn handle(
         micros = start.elapsed().as_micros() as u64,
         "request"
     );
-    Ok(res)
+    res.map(http_body_util::Either::Left)
 }
 
 fn disposition_name(d: Option<Disposition>) -> &'static str {

@@ -42,6 +42,7 @@ use serde::{Deserialize, Serialize};
 use crate::clock::Millis;
 
 pub mod memory;
+pub mod sweeper;
 pub mod url;
 
 #[cfg(feature = "sqlite")]
@@ -54,6 +55,7 @@ pub mod redis;
 pub mod postgres;
 
 pub use memory::MemoryStore;
+pub use sweeper::{SweepTotals, Sweeper, SweeperBuilder};
 pub use url::{StoreUrl, StoreUrlError};
 
 /// A fencing token. Strictly increasing per key; `0` is never issued.
