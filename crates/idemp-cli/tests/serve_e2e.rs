@@ -362,9 +362,10 @@ async fn upstream_timeout_is_504_and_surfaced_as_ambiguous() {
     let p: serde_json::Value = res.json().await.unwrap();
     assert_eq!(p["type"], "https://idemp.dev/problems/upstream-timeout");
     // The request reached the upstream, which may have done the work: under the
-    // default `--on-ambiguous surface` the retry is told so and never runs it again.
+    // default `--on-ambiguous surface` the retry (the same request) is told so and
+    // never runs it again.
     let res = c
-        .post(proxy.url("/charge"))
+        .post(proxy.url("/charge?delay_ms=5000"))
         .header("idempotency-key", "slow")
         .header("content-type", "application/json")
         .body("{}")

@@ -73,6 +73,7 @@ async fn an_operator_settles_ambiguous_records() {
         tokio::spawn(async move {
             c.post(url)
                 .header("idempotency-key", key)
+                .header("content-type", "application/json")
                 .body(r#"{"amount":5}"#)
                 .send()
                 .await
