@@ -15,18 +15,25 @@
 //! [tools.get_weather]
 //! policy = "cache"
 //! ```
+//!
+//! Durations, sizes, addresses, the upstream URL and its TLS trust
+//! (`--upstream-ca`, `--upstream-roots`) are read exactly as `idemp serve` reads them.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use http::Uri;
 use serde::Deserialize;
 
 use super::policy::Policy;
-use crate::serve::{LogFormat, parse_duration, parse_size};
+use crate::serve::tls::{Roots, UpstreamTls};
+use crate::serve::{
+    DurationValue, LogFormat, PathsValue, SizeValue, duration_of, parse_addr, parse_upstream,
+    paths_of, read_toml, size_of,
+};
 
 /// What to do with a call whose earlier attempt was left running by a proxy that
 /// stopped (its lease passed without a result).
@@ -80,6 +87,18 @@ pub struct McpArgs {
     /// Streamable HTTP: where agents connect [default: 127.0.0.1:8787].
     #[arg(long, env = "IDEMP_MCP_LISTEN")]
     pub listen: Option<String>,
+    /// Streamable HTTP: PEM file of a CA to trust for an https:// upstream, on top of
+    /// --upstream-roots (repeatable).
+    #[arg(
+        long = "upstream-ca",
+        env = "IDEMP_MCP_UPSTREAM_CA",
+        value_name = "FILE"
+    )]
+    pub upstream_ca: Vec<PathBuf>,
+    /// Streamable HTTP: base set of trusted roots for an https:// upstream: webpki
+    /// (Mozilla's, compiled in) or native (the system's store) [default: webpki].
+    #[arg(long, env = "IDEMP_MCP_UPSTREAM_ROOTS", value_enum)]
+    pub upstream_roots: Option<Roots>,
     /// Admin address for /healthz and /metrics [default: off].
     #[arg(long, env = "IDEMP_MCP_ADMIN")]
     pub admin: Option<String>,
@@ -121,22 +140,6 @@ pub struct McpArgs {
     pub command: Vec<String>,
 }
 
-/// A duration in a file: `"24h"`, `"500ms"`, or a number of seconds.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-enum DurationValue {
-    Seconds(u64),
-    Text(String),
-}
-
-/// A size in a file: `"8MiB"`, or a number of bytes.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-enum SizeValue {
-    Bytes(u64),
-    Text(String),
-}
-
 /// One `[tools.NAME]` table.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -155,6 +158,8 @@ struct FileConfig {
     ttl: Option<DurationValue>,
     upstream: Option<String>,
     listen: Option<String>,
+    upstream_ca: Option<PathsValue>,
+    upstream_roots: Option<Roots>,
     admin: Option<String>,
     cache_reads: Option<DurationValue>,
     on_ambiguous: Option<AmbiguousPolicy>,
@@ -185,6 +190,8 @@ pub enum Transport {
         upstream: Uri,
         /// Where agents connect.
         listen: SocketAddr,
+        /// How an `https://` server is trusted.
+        tls: UpstreamTls,
     },
 }
 
@@ -229,16 +236,9 @@ impl McpConfig {
     /// Merges flags/environment over the `--config` file over the defaults and checks
     /// every value.
     pub fn resolve(args: McpArgs) -> anyhow::Result<Self> {
-        let file = match &args.config {
-            Some(path) => read_file(path)?,
+        let file: FileConfig = match &args.config {
+            Some(path) => read_toml(path)?,
             None => FileConfig::default(),
-        };
-        let dur = |flag: &str, arg: Option<String>, file: Option<DurationValue>| match (arg, file) {
-            (Some(s), _) | (None, Some(DurationValue::Text(s))) => {
-                parse_duration(flag, &s).map(Some)
-            }
-            (None, Some(DurationValue::Seconds(n))) => Ok(Some(Duration::from_secs(n))),
-            (None, None) => Ok(None),
         };
         let command = if args.command.is_empty() {
             file.command.unwrap_or_default()
@@ -247,6 +247,13 @@ impl McpConfig {
         };
         let upstream = args.upstream.or(file.upstream);
         let listen = args.listen.or(file.listen);
+        let tls = UpstreamTls {
+            roots: args
+                .upstream_roots
+                .or(file.upstream_roots)
+                .unwrap_or_default(),
+            extra_ca: paths_of(args.upstream_ca, file.upstream_ca),
+        };
         let transport = match (upstream, command.is_empty()) {
             (Some(_), false) => {
                 bail!("give either --upstream URL or -- COMMAND [ARGS…], not both")
@@ -265,8 +272,19 @@ impl McpConfig {
             (Some(url), true) => Transport::Http {
                 upstream: parse_upstream(&url)?,
                 listen: parse_addr("--listen", listen.as_deref().unwrap_or("127.0.0.1:8787"))?,
+                tls: tls.clone(),
             },
         };
+        let https = matches!(&transport, Transport::Http { upstream, .. } if upstream.scheme_str() == Some("https"));
+        if !https && tls != UpstreamTls::default() {
+            bail!(
+                "--upstream-ca and --upstream-roots apply to https:// upstreams only (--upstream https://…)"
+            );
+        }
+        if https {
+            // Read the CA files now: a bad one is an error at start, not at the first call.
+            tls.client_config()?;
+        }
         let server_id = match args.server_id.or(file.server_id) {
             Some(id) => id,
             None => match &transport {
@@ -278,12 +296,15 @@ impl McpConfig {
             Some(v) if !v.eq_ignore_ascii_case("off") => Some(parse_addr("--admin", &v)?),
             _ => None,
         };
-        let ttl = dur("--ttl", args.ttl, file.ttl)?.unwrap_or(Duration::from_secs(24 * 3600));
-        let lease = dur("--lease", args.lease, file.lease)?.unwrap_or(Duration::from_secs(60));
-        let wait = dur("--wait", args.wait, file.wait)?.unwrap_or(Duration::from_secs(60));
-        let cache_reads = dur("--cache-reads", args.cache_reads, file.cache_reads)?;
-        let sweep_interval = dur("--sweep-interval", args.sweep_interval, file.sweep_interval)?
-            .unwrap_or(Duration::from_secs(60));
+        let ttl =
+            duration_of("--ttl", args.ttl, file.ttl)?.unwrap_or(Duration::from_secs(24 * 3600));
+        let lease =
+            duration_of("--lease", args.lease, file.lease)?.unwrap_or(Duration::from_secs(60));
+        let wait = duration_of("--wait", args.wait, file.wait)?.unwrap_or(Duration::from_secs(60));
+        let cache_reads = duration_of("--cache-reads", args.cache_reads, file.cache_reads)?;
+        let sweep_interval =
+            duration_of("--sweep-interval", args.sweep_interval, file.sweep_interval)?
+                .unwrap_or(Duration::from_secs(60));
         if lease < Duration::from_millis(30) {
             bail!("--lease {lease:?} is too short (at least 30ms)");
         }
@@ -310,12 +331,8 @@ impl McpConfig {
                 bail!("[tools.{name}] max_calls must be at least 1");
             }
         }
-        let max_message = match (args.max_message, file.max_message) {
-            (Some(s), _) | (None, Some(SizeValue::Text(s))) => parse_size("--max-message", &s)?,
-            (None, Some(SizeValue::Bytes(n))) => usize::try_from(n)
-                .with_context(|| format!("--max-message {n} is too large for this machine"))?,
-            (None, None) => 16 << 20,
-        };
+        let max_message =
+            size_of("--max-message", args.max_message, file.max_message)?.unwrap_or(16 << 20);
         if max_message < 1024 {
             bail!("--max-message {max_message} is too small (at least 1KiB)");
         }
@@ -357,48 +374,6 @@ impl McpConfig {
             .and_then(|t| t.max_calls)
             .or(self.max_calls_per_tool)
     }
-}
-
-fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read --config {}", path.display()))?;
-    toml::from_str(&text).map_err(|e| {
-        anyhow::anyhow!(
-            "invalid --config {}: {}",
-            path.display(),
-            e.to_string().replace('\n', " ")
-        )
-    })
-}
-
-/// Parses the server's endpoint: `http://HOST[:PORT]/PATH`.
-fn parse_upstream(s: &str) -> anyhow::Result<Uri> {
-    let uri: Uri = s
-        .trim()
-        .parse()
-        .with_context(|| format!("invalid --upstream `{s}`"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => bail!(
-            "invalid --upstream `{s}`: https upstreams are not supported yet; put a TLS-terminating proxy in between or use http://"
-        ),
-        _ => bail!(
-            "invalid --upstream `{s}`: write http://HOST:PORT/PATH (the server's MCP endpoint)"
-        ),
-    }
-    if uri.authority().is_none_or(|a| a.host().is_empty()) {
-        bail!("invalid --upstream `{s}`: missing host");
-    }
-    Ok(uri)
-}
-
-fn parse_addr(flag: &str, s: &str) -> anyhow::Result<SocketAddr> {
-    let s = s.trim();
-    let s = s
-        .strip_prefix("localhost:")
-        .map_or_else(|| s.to_owned(), |port| format!("127.0.0.1:{port}"));
-    s.parse()
-        .with_context(|| format!("invalid {flag} `{s}`: write IP:PORT, e.g. 127.0.0.1:8787"))
 }
 
 #[cfg(test)]
@@ -509,11 +484,56 @@ policy = "cache"
                 ..args(&["x"])
             },
             McpArgs {
+                upstream_ca: vec!["ca.pem".into()],
+                ..args(&["x"])
+            },
+            McpArgs {
+                upstream: Some("http://h/mcp".into()),
+                upstream_roots: Some(Roots::Native),
+                ..Default::default()
+            },
+            McpArgs {
                 upstream: Some("https://h/mcp".into()),
+                upstream_ca: vec![dir.path().join("absent.pem")],
+                ..Default::default()
+            },
+            McpArgs {
+                upstream: Some("ftp://h/mcp".into()),
                 ..Default::default()
             },
         ] {
             assert!(McpConfig::resolve(bad).is_err());
         }
+    }
+
+    #[test]
+    fn https_upstreams_take_the_tls_flags_of_serve() {
+        let c = McpConfig::resolve(McpArgs {
+            upstream: Some("https://mcp.example.com/mcp".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let Transport::Http { upstream, tls, .. } = &c.transport else {
+            panic!("http transport");
+        };
+        assert_eq!(upstream.scheme_str(), Some("https"));
+        assert_eq!(*tls, UpstreamTls::default());
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mcp.toml");
+        std::fs::write(
+            &path,
+            "upstream = \"https://127.0.0.1:9/mcp\"\nupstream_ca = \"nothing.pem\"\n",
+        )
+        .unwrap();
+        let e = format!(
+            "{:#}",
+            McpConfig::resolve(McpArgs {
+                config: Some(path),
+                ..Default::default()
+            })
+            .unwrap_err()
+        );
+        assert!(e.contains("cannot read --upstream-ca nothing.pem"), "{e}");
     }
 }

@@ -13,7 +13,6 @@
 //! tool error, never the other's result.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use idemp::cache::ToolCache;
 use idemp::canon::{Canonicalizer, Format};
@@ -527,31 +526,4 @@ fn tool_error_line(id: &str, text: &str) -> Vec<u8> {
 
 fn answer_tool_error(id: &str, text: &str) -> Decision {
     Decision::Answer(tool_error_line(id, text))
-}
-
-/// Removes expired records every `interval` (the store contract's `sweep`).
-///
-/// A small function on purpose: a shared `idemp::store::Sweeper` can replace its body.
-pub fn spawn_sweeper(
-    store: DynStore,
-    interval: Duration,
-    metrics: Arc<Metrics>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            match store.sweep().await {
-                Ok(n) => {
-                    metrics.swept.increment(n);
-                    if n > 0 {
-                        tracing::debug!(removed = n, "swept expired records");
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "sweep failed"),
-            }
-        }
-    })
 }

@@ -17,9 +17,17 @@
 //! is settled either way. An answer that never comes (connection lost after the
 //! call was sent) leaves a guarded call ambiguous.
 //!
-//! Scopes over HTTP also hash the caller's credentials (`Authorization`,
-//! `Proxy-Authorization`, `x-api-key`, `api-key`, `x-goog-api-key`), so two
-//! tenants of one proxy never share a record.
+//! Scopes over HTTP also hash the caller's credentials, read as `idemp serve` reads
+//! them ([`CredentialHeaders`]: `Authorization`, `Proxy-Authorization`, `x-api-key`,
+//! `api-key`, `x-goog-api-key`, the auth scheme case-insensitive), so two tenants of
+//! one proxy never share a record.
+//!
+//! The server may be `http://` or `https://`: the connection is made by the
+//! connector of `idemp serve` ([`UpstreamConnector`]: rustls with `ring`, HTTP/2 or
+//! HTTP/1.1 by ALPN, SNI, `--upstream-ca` / `--upstream-roots`), and its failures are
+//! told apart the same way ([`forward::classify`]): a call that never left (refused
+//! connection, untrusted certificate) releases its key; one that may have reached the
+//! server is ambiguous.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -28,43 +36,42 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
+use http::uri::{Authority, PathAndQuery};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Either, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulShutdown;
+use idemp::http::Delivery;
 use idemp::http::replay::strip_hop_by_hop;
+use idemp::http::scope::{CredentialHeaders, PrincipalExtractor};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use super::core::{Core, Decision, Ticket};
 use super::line::{self, IdKey, Message};
+use crate::serve::forward;
+use crate::serve::tls::{UpstreamConnector, UpstreamTls};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Body = BoxBody<Bytes, BoxError>;
 type UpBody = Either<Full<Bytes>, Incoming>;
 
-/// The headers whose values identify the caller (hashed into the scope).
-const CREDENTIALS: [&str; 5] = [
-    "authorization",
-    "proxy-authorization",
-    "x-api-key",
-    "api-key",
-    "x-goog-api-key",
-];
+/// The longest wait for a connection (TCP and TLS) to the server.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The JSON-RPC error code of the 2026 revision for headers that disagree with the
 /// body.
 const HEADER_MISMATCH: i64 = -32020;
 
 struct Proxy {
     core: Arc<Core>,
-    client: Client<HttpConnector, UpBody>,
+    client: Client<UpstreamConnector, UpBody>,
     upstream: Uri,
     authority: Authority,
+    /// Who is calling (the caller's credential headers).
+    credentials: CredentialHeaders,
     max_message: usize,
 }
 
@@ -92,6 +99,7 @@ fn json(status: StatusCode, line: Vec<u8>) -> Response<Body> {
 pub async fn run(
     core: Arc<Core>,
     upstream: Uri,
+    tls: &UpstreamTls,
     listen: SocketAddr,
     max_message: usize,
 ) -> anyhow::Result<()> {
@@ -99,17 +107,22 @@ pub async fn run(
         .authority()
         .cloned()
         .context("--upstream has no host")?;
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(10)));
+    let scheme = upstream
+        .scheme()
+        .cloned()
+        .context("--upstream has no scheme")?;
+    let connector = UpstreamConnector::new(tls, &scheme, CONNECT_TIMEOUT)?;
     let client = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
+        .http1_max_headers(forward::MAX_RESPONSE_HEADERS)
+        .http2_max_header_list_size(forward::MAX_RESPONSE_HEADER_LIST)
         .build(connector);
     let proxy = Arc::new(Proxy {
         core,
         client,
         upstream: upstream.clone(),
         authority,
+        credentials: CredentialHeaders::default(),
         max_message,
     });
     let listener = TcpListener::bind(listen)
@@ -122,7 +135,7 @@ pub async fn run(
 
     let graceful = GracefulShutdown::new();
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let mut stop = std::pin::pin!(shutdown_signal());
+    let mut stop = std::pin::pin!(crate::serve::shutdown_signal());
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -156,35 +169,6 @@ pub async fn run(
         tracing::warn!("connections still open after 10s");
     }
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
-/// The caller's credentials, for the scope (`None`: anonymous).
-fn principal(headers: &HeaderMap) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    for name in CREDENTIALS {
-        for v in headers.get_all(name) {
-            out.extend_from_slice(name.as_bytes());
-            out.push(0);
-            out.extend_from_slice(&(v.len() as u64).to_be_bytes());
-            out.extend_from_slice(v.as_bytes());
-        }
-    }
-    (!out.is_empty()).then_some(out)
 }
 
 impl Proxy {
@@ -264,7 +248,7 @@ impl Proxy {
                         .await;
                 };
                 let id = id.get().to_owned();
-                let who = principal(&parts.headers);
+                let who = self.credentials.principal(&parts);
                 match self.core.decide(&id, &call, who.as_deref()).await {
                     Decision::Answer(line) => json(StatusCode::OK, line),
                     Decision::Forward(ticket) => {
@@ -292,8 +276,13 @@ impl Proxy {
             Some(q) => format!("{path}?{q}"),
             None => path.to_owned(),
         };
+        let scheme = self
+            .upstream
+            .scheme()
+            .cloned()
+            .unwrap_or(http::uri::Scheme::HTTP);
         Uri::builder()
-            .scheme(Scheme::HTTP)
+            .scheme(scheme)
             .authority(self.authority.clone())
             .path_and_query(PathAndQuery::try_from(pq)?)
             .build()
@@ -314,24 +303,23 @@ impl Proxy {
                     .await;
             }
         };
+        // The client picks the version the connection negotiated (ALPN), and sets
+        // `Host` (HTTP/1.1) or `:authority` (HTTP/2) from the URI.
         parts.version = http::Version::HTTP_11;
+        parts.headers.remove(header::HOST);
         strip_hop_by_hop(&mut parts.headers);
-        if let Ok(host) = HeaderValue::from_str(self.authority.as_str()) {
-            parts.headers.insert(header::HOST, host);
-        }
         let res = match self.client.request(Request::from_parts(parts, body)).await {
             Ok(res) => res,
-            Err(e) if e.is_connect() => {
-                tracing::warn!(upstream = %self.authority, error = %e, "upstream unreachable");
-                return self
-                    .unsent(
-                        watch,
-                        format!("cannot connect to the MCP server {}", self.authority),
-                    )
-                    .await;
-            }
             Err(e) => {
-                tracing::warn!(upstream = %self.authority, error = %e, "upstream request failed");
+                let failure = forward::classify(&e, &self.authority);
+                tracing::warn!(
+                    upstream = %self.authority,
+                    delivery = ?failure.delivery,
+                    "upstream request failed: {}", failure.detail
+                );
+                if failure.delivery == Delivery::NotSent {
+                    return self.unsent(watch, failure.detail).await;
+                }
                 return match watch {
                     Some((_, id, Watch::Call(ticket))) => {
                         let line =
@@ -341,11 +329,7 @@ impl Proxy {
                     }
                     _ => json(
                         StatusCode::BAD_GATEWAY,
-                        line::error_line(
-                            "null",
-                            -32603,
-                            &format!("idemp: the MCP server {} failed: {e}", self.authority),
-                        ),
+                        line::error_line("null", -32603, &format!("idemp: {}", failure.detail)),
                     ),
                 };
             }
@@ -589,15 +573,5 @@ mod tests {
         let end2 = event_end(tail).unwrap();
         assert_eq!(event_data(&tail[..end2]), b"x");
         assert_eq!(event_end(&tail[end2..]), None);
-    }
-
-    #[test]
-    fn principals() {
-        let mut h = HeaderMap::new();
-        assert!(principal(&h).is_none());
-        h.insert("authorization", HeaderValue::from_static("Bearer a"));
-        let a = principal(&h).unwrap();
-        h.insert("x-api-key", HeaderValue::from_static("k"));
-        assert_ne!(principal(&h).unwrap(), a);
     }
 }

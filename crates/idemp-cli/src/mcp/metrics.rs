@@ -1,5 +1,6 @@
-//! Metrics of `idemp mcp` and its admin listener (`/healthz`, Prometheus
-//! `/metrics`), off unless `--admin ADDR` is given.
+//! Metrics of `idemp mcp`, served by the admin listener of `idemp serve`
+//! ([`crate::serve::admin::serve`]: `/healthz`, Prometheus `/metrics`), off unless
+//! `--admin ADDR` is given.
 //!
 //! | metric | labels |
 //! |---|---|
@@ -16,24 +17,17 @@
 //! | `idemp_store_latency_seconds` (histogram) | `op`, `ok` |
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use http::{Request, Response, StatusCode, header};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use idemp::clock::Millis;
 use idemp::store::{
     Claim, ClaimOutcome, DynStore, ListQuery, Outcome, Page, Record, RecordKey, Stats, Store,
     StoreResult, Token,
 };
 use metrics::{Counter, Histogram, Key, Label, Metadata, Recorder};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
-use tokio::net::TcpListener;
 
 use super::policy::Policy;
 
@@ -85,15 +79,7 @@ impl std::fmt::Debug for Metrics {
 impl Metrics {
     /// Registers every metric (they show as 0 before the first call).
     pub fn new() -> anyhow::Result<Self> {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(
-                Matcher::Full("idemp_store_latency_seconds".into()),
-                &[
-                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                    0.5, 1.0, 2.5, 10.0,
-                ],
-            )?
-            .build_recorder();
+        let recorder = crate::serve::admin::prometheus_recorder()?;
         let handle = recorder.handle();
         let counter = |name: &'static str, labels: Vec<Label>| {
             let c = recorder.register_counter(&Key::from_parts(name, labels), &METADATA);
@@ -256,74 +242,5 @@ impl Store for Timed {
     }
     async fn wait(&self, id: &RecordKey, timeout: Duration) -> StoreResult<Option<Record>> {
         self.time("wait", self.inner.wait(id, timeout)).await
-    }
-}
-
-/// Serves `/healthz` and `/metrics` on `listener` until the task is dropped.
-pub async fn serve_admin(listener: TcpListener, store: DynStore, metrics: Arc<Metrics>) {
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            continue;
-        };
-        let store = store.clone();
-        let metrics = metrics.clone();
-        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let store = store.clone();
-            let metrics = metrics.clone();
-            async move { Ok::<_, Infallible>(route(req, &store, &metrics).await) }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), svc)
-            .into_owned();
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-    }
-}
-
-fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
-    let mut res = Response::new(Full::new(Bytes::from(body)));
-    *res.status_mut() = status;
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(content_type),
-    );
-    res
-}
-
-async fn route(
-    req: Request<Incoming>,
-    store: &DynStore,
-    metrics: &Metrics,
-) -> Response<Full<Bytes>> {
-    match req.uri().path() {
-        "/healthz" => {
-            let probe = RecordKey::new("idemp:health", "probe");
-            match tokio::time::timeout(Duration::from_secs(2), store.get(&probe)).await {
-                Ok(Ok(_)) => text(StatusCode::OK, "text/plain", "ok\n".into()),
-                Ok(Err(e)) => text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    format!("store unavailable: {e}\n"),
-                ),
-                Err(_) => text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    "store unavailable: no answer within 2s\n".into(),
-                ),
-            }
-        }
-        "/metrics" => text(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            metrics.render(),
-        ),
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found: try /healthz or /metrics\n".into(),
-        ),
     }
 }

@@ -15,7 +15,11 @@
 //!   (`--on-ambiguous retake|surface`).
 //!
 //! `--max-calls-per-tool N` is a loop guard per scope, counted in the store
-//! ([`budget`]). `/healthz` and `/metrics` are served on `--admin` ([`metrics`]).
+//! ([`budget`]). `/healthz` and `/metrics` are served on `--admin` by the admin
+//! listener of `idemp serve` with this proxy's own metrics ([`metrics`]), expired
+//! records are removed by the store's [`Sweeper`](idemp::store::Sweeper), and an
+//! `https://` server is reached through the TLS connector of `idemp serve`
+//! (`--upstream-ca`, `--upstream-roots`).
 //!
 //! ```text
 //! agent ──▶ line / message classifier ──▶ Core::decide ──▶ server
@@ -44,23 +48,11 @@ use anyhow::Context;
 pub use config::McpArgs;
 use config::{McpConfig, Transport};
 
-use crate::serve::LogFormat;
+use crate::serve::{admin, init_logging};
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("IDEMP_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Logs go to stderr only: on stdio, stdout is the protocol.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.with_ansi(false).try_init(),
-    };
-}
-
-/// Opens the store and builds the proxy's core, admin listener and sweeper.
-async fn start(cfg: Arc<McpConfig>) -> anyhow::Result<Arc<core::Core>> {
+/// Opens the store and builds the proxy's core, admin listener and sweeper (which
+/// stops when the returned handle is stopped or dropped).
+async fn start(cfg: Arc<McpConfig>) -> anyhow::Result<(Arc<core::Core>, idemp::store::Sweeper)> {
     let store = idemp::store::open(&cfg.store).await.with_context(|| {
         format!(
             "cannot open the store {}",
@@ -74,15 +66,27 @@ async fn start(cfg: Arc<McpConfig>) -> anyhow::Result<Arc<core::Core>> {
             .await
             .with_context(|| format!("cannot listen on --admin {addr}"))?;
         let bound = listener.local_addr()?;
-        tokio::spawn(metrics::serve_admin(
+        let render = {
+            let metrics = metrics.clone();
+            move || metrics.render()
+        };
+        // Runs as long as the process: the proxy has no other way to stop it.
+        tokio::spawn(admin::serve(
             listener,
             store.clone(),
-            metrics.clone(),
+            render,
+            std::future::pending(),
         ));
-        tracing::info!(admin = %format!("http://{bound}"), "admin listener");
+        tracing::info!(admin = %admin::describe(Some(bound)), "admin listener");
     }
-    core::spawn_sweeper(store.clone(), cfg.sweep_interval, metrics.clone());
-    Ok(Arc::new(core::Core::new(cfg, store, metrics)))
+    let sweeper = {
+        let metrics = metrics.clone();
+        idemp::store::Sweeper::builder(store.clone())
+            .interval(cfg.sweep_interval)
+            .on_sweep(move |removed| metrics.swept.increment(removed))
+            .spawn()
+    };
+    Ok((Arc::new(core::Core::new(cfg, store, metrics)), sweeper))
 }
 
 /// Runs `idemp mcp`. Over stdio the process exits with the server's exit code.
@@ -98,8 +102,10 @@ pub fn run(args: McpArgs) -> anyhow::Result<()> {
                 .build()
                 .context("cannot start the tokio runtime")?;
             let code = runtime.block_on(async {
-                let core = start(cfg.clone()).await?;
-                stdio::run(core, &command, cfg.max_message).await
+                let (core, sweeper) = start(cfg.clone()).await?;
+                let code = stdio::run(core, &command, cfg.max_message).await;
+                sweeper.stop().await;
+                code
             })?;
             runtime.shutdown_timeout(std::time::Duration::from_secs(2));
             if code != 0 {
@@ -107,14 +113,20 @@ pub fn run(args: McpArgs) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Transport::Http { upstream, listen } => {
+        Transport::Http {
+            upstream,
+            listen,
+            tls,
+        } => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("cannot start the tokio runtime")?;
             runtime.block_on(async {
-                let core = start(cfg.clone()).await?;
-                http::run(core, upstream, listen, cfg.max_message).await
+                let (core, sweeper) = start(cfg.clone()).await?;
+                let done = http::run(core, upstream, &tls, listen, cfg.max_message).await;
+                sweeper.stop().await;
+                done
             })
         }
     }

@@ -1,7 +1,15 @@
 //! The admin listener: `/healthz` and Prometheus `/metrics`.
 //!
+//! [`serve`] is the one admin listener of the long-running commands (`idemp serve`,
+//! `idemp mcp --admin`): `/healthz` answers `ok` when a point read of the store
+//! succeeds within 2 s (503 naming the error otherwise), `/metrics` answers what the
+//! command's own recorder renders. Every recorder starts from [`prometheus_recorder`]
+//! (the same buckets for `idemp_store_latency_seconds` everywhere).
+//!
 //! Metrics are recorded into a Prometheus recorder owned by this proxy (not the
 //! process-global one), so several proxies can run in one process (`idemp demo`).
+//!
+//! The metrics of `idemp serve`:
 //!
 //! | metric | labels |
 //! |---|---|
@@ -13,6 +21,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,9 +34,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use idemp::http::{Disposition, Event, Observer, StoreOp};
 use idemp::store::{DynStore, RecordKey};
 use metrics::{Counter, Histogram, Key, Label, Metadata, Recorder};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 const METADATA: Metadata<'static> = Metadata::new("idemp::serve", metrics::Level::INFO, None);
 
@@ -57,18 +67,27 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
+/// The buckets of `idemp_store_latency_seconds` (seconds): 100 µs to 10 s.
+pub const STORE_LATENCY_BUCKETS: [f64; 15] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    10.0,
+];
+
+/// A recorder of its own (not the process-global one), with the store latency
+/// histogram's buckets.
+pub fn prometheus_recorder() -> anyhow::Result<PrometheusRecorder> {
+    Ok(PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("idemp_store_latency_seconds".into()),
+            &STORE_LATENCY_BUCKETS,
+        )?
+        .build_recorder())
+}
+
 impl Metrics {
     /// Registers every metric (so they show as 0 before the first request).
     pub fn new() -> anyhow::Result<Self> {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(
-                Matcher::Full("idemp_store_latency_seconds".into()),
-                &[
-                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                    0.5, 1.0, 2.5, 10.0,
-                ],
-            )?
-            .build_recorder();
+        let recorder = prometheus_recorder()?;
         let handle = recorder.handle();
         let mut events = HashMap::new();
         for e in Event::ALL {
@@ -178,14 +197,19 @@ impl Observer for Metrics {
     }
 }
 
-/// Serves `/healthz` and `/metrics` until `stop` turns true.
-pub async fn serve(
+/// Serves `/healthz` (a point read of `store`) and `/metrics` (what `render`
+/// returns: Prometheus text) on `listener` until `stop` completes.
+pub async fn serve<R>(
     listener: TcpListener,
     store: DynStore,
-    metrics: Arc<Metrics>,
-    mut stop: watch::Receiver<bool>,
-) {
+    render: R,
+    stop: impl Future<Output = ()>,
+) where
+    R: Fn() -> String + Send + Sync + 'static,
+{
+    let render = Arc::new(render);
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut stop = std::pin::pin!(stop);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -194,18 +218,18 @@ pub async fn serve(
                     continue;
                 };
                 let store = store.clone();
-                let metrics = metrics.clone();
+                let render = render.clone();
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let store = store.clone();
-                    let metrics = metrics.clone();
-                    async move { Ok::<_, Infallible>(route(req, &store, &metrics).await) }
+                    let render = render.clone();
+                    async move { Ok::<_, Infallible>(route(req, &store, &*render).await) }
                 });
                 let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
                 tokio::spawn(async move {
                     let _ = conn.await;
                 });
             }
-            _ = stop.changed() => return,
+            _ = &mut stop => return,
         }
     }
 }
@@ -223,7 +247,7 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
 async fn route(
     req: Request<Incoming>,
     store: &DynStore,
-    metrics: &Metrics,
+    render: &(dyn Fn() -> String + Send + Sync),
 ) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/healthz" => {
@@ -243,11 +267,7 @@ async fn route(
                 ),
             }
         }
-        "/metrics" => text(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            metrics.render(),
-        ),
+        "/metrics" => text(StatusCode::OK, "text/plain; version=0.0.4", render()),
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",

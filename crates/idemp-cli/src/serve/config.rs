@@ -223,16 +223,20 @@ pub struct RouteConfig {
 /// A duration in a file: `"24h"`, `"500ms"`, or a number of seconds.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
-enum DurationValue {
+pub enum DurationValue {
+    /// A number of seconds.
     Seconds(u64),
+    /// As on the command line (see [`parse_duration`]).
     Text(String),
 }
 
 /// A size in a file: `"8MiB"`, or a number of bytes.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
-enum SizeValue {
+pub enum SizeValue {
+    /// A number of bytes.
     Bytes(u64),
+    /// As on the command line (see [`parse_size`]).
     Text(String),
 }
 
@@ -290,9 +294,23 @@ struct FileConfig {
 /// Paths in a file: `"ca.pem"` or `["a.pem", "b.pem"]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
-enum PathsValue {
+pub enum PathsValue {
+    /// Several paths.
     List(Vec<PathBuf>),
+    /// One path.
     One(PathBuf),
+}
+
+/// The paths of a repeatable flag (`args`, when given) or of the file.
+pub fn paths_of(args: Vec<PathBuf>, file: Option<PathsValue>) -> Vec<PathBuf> {
+    if !args.is_empty() {
+        return args;
+    }
+    match file {
+        Some(PathsValue::List(l)) => l,
+        Some(PathsValue::One(p)) => vec![p],
+        None => Vec::new(),
+    }
 }
 
 /// The resolved configuration of the proxy.
@@ -485,12 +503,8 @@ impl ServeConfig {
             .unwrap_or(c.require_key);
         c.derive_key = args.derive_key.or(file.derive_key).unwrap_or(c.derive_key);
         c.fail_open = args.fail_open.or(file.fail_open).unwrap_or(c.fail_open);
-        let dur = |flag: &str, arg: Option<String>, file: Option<DurationValue>, default| match (
-            arg, file,
-        ) {
-            (Some(s), _) | (None, Some(DurationValue::Text(s))) => parse_duration(flag, &s),
-            (None, Some(DurationValue::Seconds(n))) => parse_duration(flag, &n.to_string()),
-            (None, None) => Ok(default),
+        let dur = |flag: &str, arg: Option<String>, file: Option<DurationValue>, default| {
+            duration_of(flag, arg, file).map(|d| d.unwrap_or(default))
         };
         c.ttl = dur("--ttl", args.ttl, file.ttl, c.ttl)?;
         c.lease = dur("--lease", args.lease, file.lease, c.lease)?;
@@ -548,21 +562,8 @@ impl ServeConfig {
             .upstream_roots
             .or(file.upstream_roots)
             .unwrap_or_default();
-        c.upstream_tls.extra_ca = if args.upstream_ca.is_empty() {
-            match file.upstream_ca {
-                Some(PathsValue::List(l)) => l,
-                Some(PathsValue::One(p)) => vec![p],
-                None => Vec::new(),
-            }
-        } else {
-            args.upstream_ca
-        };
-        c.max_body = match (args.max_body, file.max_body) {
-            (Some(s), _) | (None, Some(SizeValue::Text(s))) => parse_size("--max-body", &s)?,
-            (None, Some(SizeValue::Bytes(n))) => usize::try_from(n)
-                .with_context(|| format!("--max-body {n} is too large for this machine"))?,
-            (None, None) => c.max_body,
-        };
+        c.upstream_tls.extra_ca = paths_of(args.upstream_ca, file.upstream_ca);
+        c.max_body = size_of("--max-body", args.max_body, file.max_body)?.unwrap_or(c.max_body);
         let methods = match (args.methods, file.methods) {
             (Some(s), _) | (None, Some(MethodsValue::Text(s))) => {
                 Some(s.split(',').map(|m| m.trim().to_owned()).collect())
@@ -707,7 +708,8 @@ struct LayerFile {
     route: Vec<FileRoute>,
 }
 
-fn size_of(
+/// A size from its flag (or environment variable) `arg`, else from the file.
+pub fn size_of(
     flag: &str,
     arg: Option<String>,
     file: Option<SizeValue>,
@@ -722,14 +724,16 @@ fn size_of(
     })
 }
 
-fn duration_of(
+/// A duration from its flag (or environment variable) `arg`, else from the file;
+/// both within the bounds of [`parse_duration`].
+pub fn duration_of(
     flag: &str,
     arg: Option<String>,
     file: Option<DurationValue>,
 ) -> anyhow::Result<Option<Duration>> {
     Ok(match (arg, file) {
         (Some(s), _) | (None, Some(DurationValue::Text(s))) => Some(parse_duration(flag, &s)?),
-        (None, Some(DurationValue::Seconds(n))) => Some(Duration::from_secs(n)),
+        (None, Some(DurationValue::Seconds(n))) => Some(parse_duration(flag, &n.to_string())?),
         (None, None) => None,
     })
 }
@@ -886,6 +890,11 @@ fn parse_statuses(list: &[String]) -> anyhow::Result<idemp::http::StatusSet> {
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    read_toml(path)
+}
+
+/// Reads a `--config` TOML file; an error is one line that names the file.
+pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read --config {}", path.display()))?;
     toml::from_str(&text).map_err(|e| {
@@ -927,7 +936,8 @@ pub fn parse_upstream(s: &str) -> anyhow::Result<Uri> {
     Ok(uri)
 }
 
-fn parse_addr(flag: &str, s: &str) -> anyhow::Result<SocketAddr> {
+/// Parses a listening address: `IP:PORT`, or `localhost:PORT` (127.0.0.1).
+pub fn parse_addr(flag: &str, s: &str) -> anyhow::Result<SocketAddr> {
     let s = s.trim();
     let s = s
         .strip_prefix("localhost:")

@@ -46,20 +46,18 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
+use http::{HeaderValue, Request, Response, Uri, header};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use idemp::http::path::{PathError, normalize};
 use idemp::http::replay::strip_hop_by_hop;
 use idemp::http::{Delivery, Problem, ProblemKind};
 use tokio::time::{Instant, Sleep};
 
-use super::tls::UpstreamTls;
+use super::tls::{UpstreamConnector, UpstreamTls};
 
 /// A type-erased error.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -109,44 +107,10 @@ impl ForwardOptions {
     }
 }
 
-/// The connector: TCP, then TLS for `https://`, the whole under one timeout so that
-/// a stalled handshake is a connect error (the request was never sent).
-#[derive(Clone)]
-struct Connector {
-    inner: HttpsConnector<HttpConnector>,
-    timeout: Duration,
-}
-
-/// The connection to the upstream took longer than its limit.
-#[derive(Debug, thiserror::Error)]
-#[error("no connection within {0:?}")]
-struct ConnectTimeout(Duration);
-
-impl tower::Service<Uri> for Connector {
-    type Response = <HttpsConnector<HttpConnector> as tower::Service<Uri>>::Response;
-    type Error = BoxError;
-    type Future = BoxFuture<'static, Result<Self::Response, BoxError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let connecting = self.inner.call(uri);
-        let limit = self.timeout;
-        Box::pin(async move {
-            match tokio::time::timeout(limit, connecting).await {
-                Ok(r) => r,
-                Err(_) => Err(Box::new(ConnectTimeout(limit)) as BoxError),
-            }
-        })
-    }
-}
-
 /// The forwarding service.
 #[derive(Clone)]
 pub struct Forward {
-    client: Client<Connector, UnsyncBoxBody<Bytes, BoxError>>,
+    client: Client<UpstreamConnector, UnsyncBoxBody<Bytes, BoxError>>,
     scheme: Scheme,
     authority: Authority,
     base_path: Arc<str>,
@@ -177,24 +141,13 @@ impl Forward {
             .cloned()
             .ok_or_else(|| anyhow::anyhow!("upstream `{upstream}` has no host"))?;
         let scheme = upstream.scheme().cloned().unwrap_or(Scheme::HTTP);
-        let tls_config = if scheme == Scheme::HTTPS {
-            options.tls.client_config()?
-        } else {
-            UpstreamTls::unused_config()?
-        };
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.enforce_http(false);
-        let connector = Connector {
-            inner: hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(tls_config)
-                .https_or_http()
-                .enable_all_versions()
-                .wrap_connector(http),
-            // Below the exchange deadline, so that a connect that never completes is
-            // reported as such (not sent) rather than as a timeout of the exchange.
-            timeout: options.timeout.mul_f64(0.8).min(MAX_CONNECT_TIMEOUT),
-        };
+        // Below the exchange deadline, so that a connect that never completes is
+        // reported as such (not sent) rather than as a timeout of the exchange.
+        let connector = UpstreamConnector::new(
+            &options.tls,
+            &scheme,
+            options.timeout.mul_f64(0.8).min(MAX_CONNECT_TIMEOUT),
+        )?;
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
@@ -270,8 +223,7 @@ pub fn normalize_request_uri(uri: &Uri) -> Result<Option<Uri>, PathError> {
     Ok(Uri::from_parts(parts).ok())
 }
 
-/// The 400 problem for a path with no normal form. (A problem of its own type: the
-/// layer's kinds cover the idempotency protocol, this one the proxy's routing.)
+/// The 400 problem (`invalid-path`) for a path with no normal form.
 pub fn invalid_path_response(e: &PathError) -> Response<Bytes> {
     let detail = match e {
         PathError::AboveRoot => {
@@ -280,22 +232,9 @@ pub fn invalid_path_response(e: &PathError) -> Response<Bytes> {
         }
         other => format!("the request path is invalid: {other}"),
     };
-    let body = serde_json::json!({
-        "type": "https://idemp.dev/problems/invalid-path",
-        "title": "Invalid request path",
-        "status": 400,
-        "detail": detail,
-    });
-    let mut res = Response::new(Bytes::from(body.to_string()));
-    *res.status_mut() = StatusCode::BAD_REQUEST;
-    let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(idemp::http::problem::PROBLEM_JSON),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert("x-should-retry", HeaderValue::from_static("false"));
-    res
+    Problem::new(ProblemKind::InvalidPath)
+        .detail(detail)
+        .to_response()
 }
 
 fn problem(p: Problem, delivery: Delivery) -> Response<ForwardBody> {
@@ -410,11 +349,15 @@ impl Forward {
     }
 }
 
-/// How a failed upstream call is reported.
+/// How a failed upstream call is reported: how far the request got, and the real
+/// cause in words.
 #[derive(Debug)]
-struct Failure {
-    delivery: Delivery,
-    detail: String,
+pub struct Failure {
+    /// Whether the upstream may have received the request.
+    pub delivery: Delivery,
+    /// What happened, naming the upstream and the cause (with a hint for TLS
+    /// failures).
+    pub detail: String,
 }
 
 /// Every error of a chain, descending into `io::Error`s that wrap another error
@@ -468,7 +411,10 @@ fn legacy_kind(e: &hyper_util::client::legacy::Error) -> String {
         .to_owned()
 }
 
-fn classify(e: &hyper_util::client::legacy::Error, upstream: &Authority) -> Failure {
+/// Classifies an error of a hyper-util client built on
+/// [`UpstreamConnector`](super::tls::UpstreamConnector): never sent (connect, TLS,
+/// cancelled before writing) or maybe sent (everything after the request left).
+pub fn classify(e: &hyper_util::client::legacy::Error, upstream: &Authority) -> Failure {
     let below: Vec<&(dyn StdError + 'static)> = e.source().map(chain).unwrap_or_default();
     let cause = cause_text(&below);
     let tls = below.iter().find_map(|e| e.downcast_ref::<rustls::Error>());

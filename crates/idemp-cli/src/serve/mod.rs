@@ -21,7 +21,7 @@
 //! default `info`). `IDEMP_WORKER_THREADS` sets the runtime's worker threads
 //! (default: one per core).
 
-mod admin;
+pub mod admin;
 mod config;
 pub mod forward;
 pub mod server;
@@ -40,7 +40,10 @@ use tokio::task::JoinHandle;
 use tower::{Layer, ServiceExt};
 
 pub use admin::Metrics;
-pub use config::{Limits, LogFormat, ServeArgs, ServeConfig, parse_duration, parse_size};
+pub use config::{
+    DurationValue, Limits, LogFormat, PathsValue, ServeArgs, ServeConfig, SizeValue, duration_of,
+    parse_addr, parse_duration, parse_size, parse_upstream, paths_of, read_toml, size_of,
+};
 pub use forward::{ClientAddr, Forward, ForwardOptions};
 
 /// A proxy started by [`start`].
@@ -129,12 +132,14 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningProxy> {
                 .await
                 .with_context(|| format!("cannot listen on --admin {addr}"))?;
             let bound = admin.local_addr()?;
-            tokio::spawn(admin::serve(
-                admin,
-                store.clone(),
-                metrics.clone(),
-                stop_rx.clone(),
-            ));
+            let render = {
+                let metrics = metrics.clone();
+                move || metrics.render()
+            };
+            let mut stop = stop_rx.clone();
+            tokio::spawn(admin::serve(admin, store.clone(), render, async move {
+                let _ = stop.changed().await;
+            }));
             Some(bound)
         }
         None => None,
@@ -307,7 +312,11 @@ fn disposition_name(d: Option<Disposition>) -> &'static str {
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs of the long-running commands (`serve`, `mcp`): on stderr only (stdout is
+/// the one "listening" line, or the MCP protocol itself), filtered by `IDEMP_LOG`
+/// (default `info`), text (colours only on a terminal) or JSON lines.
+pub fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("IDEMP_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -315,7 +324,9 @@ fn init_logging(format: LogFormat) {
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
     };
 }
 
@@ -353,7 +364,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
-async fn shutdown_signal() {
+/// Completes on the first SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

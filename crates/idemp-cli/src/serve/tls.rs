@@ -14,11 +14,21 @@
 //! host. TLS 1.2 and 1.3 are accepted. A certificate that does not verify is refused
 //! before the request is sent: the proxy answers 502 naming the reason and the
 //! idempotency key is released.
+//!
+//! [`UpstreamConnector`] is the one way both `idemp serve` and `idemp mcp --upstream`
+//! connect to an upstream: TCP, then TLS for `https://`, the whole under one timeout.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
+use futures_util::future::BoxFuture;
+use http::Uri;
+use http::uri::Scheme;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use rustls::{ClientConfig, RootCertStore};
@@ -128,6 +138,76 @@ impl UpstreamTls {
             .context("the TLS provider supports no protocol version")?
             .with_root_certificates(RootCertStore::empty())
             .with_no_client_auth())
+    }
+}
+
+/// The connector to an upstream: TCP (no Nagle), then TLS for `https://` (HTTP/2 or
+/// HTTP/1.1 by ALPN, SNI from the URL), the whole under one timeout, so that a
+/// stalled handshake is a connect error: the request was never sent.
+#[derive(Clone)]
+pub struct UpstreamConnector {
+    inner: HttpsConnector<HttpConnector>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for UpstreamConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamConnector")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The connection to the upstream took longer than its limit.
+#[derive(Debug, thiserror::Error)]
+#[error("no connection within {0:?}")]
+pub struct ConnectTimeout(pub Duration);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl UpstreamConnector {
+    /// A connector for upstreams of `scheme`: for `https`, trusting what `tls` says
+    /// (reads the `--upstream-ca` files and, for `--upstream-roots native`, the
+    /// system store); `http` upstreams never start TLS. A connection (TCP and TLS)
+    /// must be up within `timeout`.
+    pub fn new(tls: &UpstreamTls, scheme: &Scheme, timeout: Duration) -> anyhow::Result<Self> {
+        let config = if *scheme == Scheme::HTTPS {
+            tls.client_config()?
+        } else {
+            UpstreamTls::unused_config()?
+        };
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        Ok(Self {
+            inner: hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(config)
+                .https_or_http()
+                .enable_all_versions()
+                .wrap_connector(http),
+            timeout,
+        })
+    }
+}
+
+impl tower::Service<Uri> for UpstreamConnector {
+    type Response = <HttpsConnector<HttpConnector> as tower::Service<Uri>>::Response;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Self::Response, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let limit = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(limit, connecting).await {
+                Ok(r) => r,
+                Err(_) => Err(Box::new(ConnectTimeout(limit)) as BoxError),
+            }
+        })
     }
 }
 
