@@ -7,9 +7,15 @@
 //! mid-stream by the test) and on replay, two tenants on `x-api-key`, and a 64 MiB
 //! response streamed whole, never run twice, with the proxy's memory bounded.
 //!
+//! The same fake API also runs over TLS (a CA and a certificate for `localhost` made
+//! in the test, HTTP/2 or HTTP/1.1 by ALPN), behind `idemp serve --upstream
+//! https://localhost:PORT --upstream-ca CA.pem`: the SDKs' retries and a stream
+//! through an https upstream.
+//!
 //! Needs the `sdk` virtual environment: `scripts/pyenv.sh sdk`.
 
 mod serve_support;
+mod tls_support;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -25,13 +31,22 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use serve_support::{Proxy, client};
+use serve_support::{Proxy, client, spawn_server};
 use std::sync::Mutex;
+use tls_support::TestCa;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 type Body = BoxBody<Bytes, Infallible>;
+
+/// How the fake API is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scheme {
+    Http,
+    /// TLS with a certificate for `localhost` from a CA made in the test; ALPN
+    /// offers h2 and http/1.1.
+    Https,
+}
 
 /// What the fake upstream executed.
 #[derive(Default)]
@@ -63,6 +78,8 @@ impl Seen {
 struct FakeApi {
     addr: SocketAddr,
     seen: Arc<Seen>,
+    /// The CA that signed its certificate (HTTPS only).
+    ca: Option<TestCa>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -73,26 +90,41 @@ impl Drop for FakeApi {
 }
 
 impl FakeApi {
-    async fn start() -> Self {
+    async fn start(scheme: Scheme) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Seen::default());
         let s = seen.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let s = s.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| route(s.clone(), req));
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
+        let (ca, tls) = match scheme {
+            Scheme::Http => (None, None),
+            Scheme::Https => {
+                let ca = TestCa::new("idemp sdk test CA");
+                let acceptor =
+                    tls_support::acceptor(ca.leaf(&["localhost"]), &[b"h2", b"http/1.1"]);
+                (Some(ca), Some(acceptor))
             }
-        });
-        Self { addr, seen, task }
+        };
+        let task = spawn_server(listener, tls, move |req| route(s.clone(), req));
+        Self {
+            addr,
+            seen,
+            ca,
+            task,
+        }
+    }
+
+    /// `idemp serve --derive-key` in front of it (`--upstream-ca` for HTTPS).
+    fn proxy(&self, extra: &[&str]) -> Proxy {
+        let mut args = vec!["--store", "memory:", "--derive-key"];
+        let upstream = match &self.ca {
+            None => format!("http://{}", self.addr),
+            Some(ca) => {
+                args.extend(["--upstream-ca", ca.pem_path.to_str().unwrap()]);
+                format!("https://localhost:{}", self.addr.port())
+            }
+        };
+        args.extend_from_slice(extra);
+        Proxy::start(&upstream, &args)
     }
 }
 
@@ -276,45 +308,88 @@ async fn run_scenario(scenario: &str, base: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn proxy(api: &FakeApi, extra: &[&str]) -> Proxy {
-    let mut args = vec!["--store", "memory:", "--derive-key"];
-    args.extend_from_slice(extra);
-    Proxy::start(&format!("http://{}", api.addr), &args)
+/// The proxy's `idemp_events_total` counters by event.
+async fn events(p: &Proxy) -> HashMap<String, u64> {
+    let admin = p.admin.expect("the proxy has an admin listener");
+    let text = client()
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("idemp_events_total{event=\""))
+        .filter_map(|l| {
+            let (name, rest) = l.split_once('"')?;
+            let n = rest.rsplit(' ').next()?.parse().ok()?;
+            Some((name.to_owned(), n))
+        })
+        .collect()
 }
 
-async fn retries_execute_once(scenario: &str) {
-    let api = FakeApi::start().await;
-    let p = proxy(&api, &[]);
+async fn retries_execute_once(scenario: &str, scheme: Scheme) {
+    let api = FakeApi::start(scheme).await;
+    let p = api.proxy(&[]);
     let lines = run_scenario(scenario, &format!("http://{}", p.addr)).await;
     assert_eq!(lines.len(), 2, "every caller answered: {lines:?}");
     assert_eq!(
         api.seen.total(),
         2,
-        "{scenario}: one upstream execution per logical call"
+        "{scenario} ({scheme:?} upstream): one upstream execution per logical call"
     );
     assert_eq!(api.seen.max_runs(), 1);
     assert_ne!(lines[0]["id"], lines[1]["id"]);
+    // The SDK's own retries fired and met the record (joined the running call, were
+    // told it is in progress, or got its replay) instead of executing.
+    let ev = events(&p).await;
+    let at = |e: &str| ev.get(e).copied().unwrap_or(0);
+    assert_eq!(at("claimed"), 2, "{ev:?}");
+    assert!(
+        at("joined") + at("conflict") + at("replayed") >= 2,
+        "every logical call was retried by the SDK: {ev:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anthropic_sdk_retries_execute_once() {
-    retries_execute_once("anthropic-retry").await;
+    retries_execute_once("anthropic-retry", Scheme::Http).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_sdk_retries_execute_once() {
-    retries_execute_once("openai-retry").await;
+    retries_execute_once("openai-retry", Scheme::Http).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stripe_sdk_retries_execute_once() {
-    retries_execute_once("stripe-retry").await;
+    retries_execute_once("stripe-retry", Scheme::Http).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_sdk_retries_execute_once_over_an_https_upstream() {
+    retries_execute_once("anthropic-retry", Scheme::Https).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stripe_sdk_retries_execute_once_over_an_https_upstream() {
+    retries_execute_once("stripe-retry", Scheme::Https).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anthropic_sdk_stream_arrives_live_and_replays() {
-    let api = FakeApi::start().await;
-    let p = proxy(&api, &[]);
+    stream_arrives_live_and_replays(Scheme::Http).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_sdk_stream_over_an_https_upstream_arrives_live_and_replays() {
+    stream_arrives_live_and_replays(Scheme::Https).await;
+}
+
+async fn stream_arrives_live_and_replays(scheme: Scheme) {
+    let api = FakeApi::start(scheme).await;
+    let p = api.proxy(&[]);
     let mut child = Command::new(python())
         .arg(script())
         .args(["anthropic-stream", &format!("http://{}", p.addr)])
@@ -371,8 +446,8 @@ async fn anthropic_sdk_stream_arrives_live_and_replays() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_tenants_on_x_api_key_each_get_their_own_answer() {
-    let api = FakeApi::start().await;
-    let p = proxy(&api, &[]);
+    let api = FakeApi::start(Scheme::Http).await;
+    let p = api.proxy(&[]);
     let lines = run_scenario("tenants", &format!("http://{}", p.addr)).await;
     assert_eq!(lines.len(), 4);
     assert_eq!(api.seen.total(), 2, "one execution per tenant");
@@ -404,8 +479,8 @@ fn peak_rss_kib(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_64_mib_response_streams_whole_runs_once_and_stays_out_of_memory() {
-    let api = FakeApi::start().await;
-    let p = proxy(&api, &["--max-stored-response", "8MiB"]);
+    let api = FakeApi::start(Scheme::Http).await;
+    let p = api.proxy(&["--max-stored-response", "8MiB"]);
     let c = client();
     let res = c
         .post(format!("http://{}/v1/export", p.addr))
