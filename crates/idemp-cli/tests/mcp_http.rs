@@ -1,14 +1,26 @@
 //! `idemp mcp --upstream` with raw HTTP requests in the 2026 revision's stateless
 //! form, against the official Python SDK's server: tenants never share a result,
 //! `Mcp-Name` that contradicts the body is refused, and what is not a tool call
-//! passes through.
+//! passes through. And against an `https://` server (a scripted Streamable HTTP
+//! server over TLS, with a certificate from a CA made in the test): trusted with
+//! `--upstream-ca`, guarded calls answered in JSON or SSE run once and replay; not
+//! trusted, the call is refused before it is sent, naming the reason, and released.
 
 mod mcp_support;
+mod tls_support;
 
+use std::collections::HashMap;
+use std::convert::Infallible;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use mcp_support::*;
 use serde_json::{Value, json};
+use tls_support::{Conn, TestCa};
 
 struct Setup {
     _dir: tempfile::TempDir,
@@ -251,4 +263,204 @@ async fn an_unreachable_server_releases_the_claim() {
     assert_eq!(stats["in_progress"], 0, "{stats}");
     assert_eq!(stats["completed"], 0, "{stats}");
     assert_eq!(stats["ambiguous"], 0, "{stats}");
+}
+
+/// A scripted Streamable HTTP MCP server over TLS: `tools/list` names `charge` and
+/// `refund` (no annotations: both guarded), a `tools/call` counts one execution of
+/// its tool and answers a text saying how many; `charge` answers as an SSE stream (a
+/// progress notification, then the response), `refund` as JSON.
+struct TlsMcpServer {
+    port: u16,
+    ca: TestCa,
+    state: Arc<ScriptedState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct ScriptedState {
+    /// Executions per tool.
+    calls: Mutex<HashMap<String, usize>>,
+    /// What each request's connection negotiated.
+    conns: Mutex<Vec<Conn>>,
+}
+
+impl ScriptedState {
+    fn calls(&self, tool: &str) -> usize {
+        self.calls.lock().unwrap().get(tool).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for TlsMcpServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TlsMcpServer {
+    async fn start() -> Self {
+        let ca = TestCa::new("idemp mcp test CA");
+        let acceptor = tls_support::acceptor(ca.leaf(&["localhost"]), &[b"h2", b"http/1.1"]);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(ScriptedState::default());
+        let st = state.clone();
+        let task = tls_support::spawn_https(listener, acceptor, move |conn, req| {
+            scripted(st.clone(), conn, req)
+        });
+        Self {
+            port,
+            ca,
+            state,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("https://localhost:{}/mcp", self.port)
+    }
+}
+
+async fn scripted(
+    st: Arc<ScriptedState>,
+    conn: Conn,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    st.conns.lock().unwrap().push(conn);
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let msg: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let id = msg["id"].clone();
+    let reply = |content_type: &str, body: String| {
+        Ok(Response::builder()
+            .header("content-type", content_type)
+            .body(Full::new(Bytes::from(body)))
+            .unwrap())
+    };
+    match msg["method"].as_str() {
+        Some("tools/list") => reply(
+            "application/json",
+            json!({"jsonrpc": "2.0", "id": id, "result": {"tools": [
+                {"name": "charge", "inputSchema": {"type": "object"}},
+                {"name": "refund", "inputSchema": {"type": "object"}},
+            ]}})
+            .to_string(),
+        ),
+        Some("tools/call") => {
+            let tool = msg["params"]["name"].as_str().unwrap_or("").to_owned();
+            let n = {
+                let mut calls = st.calls.lock().unwrap();
+                let n = calls.entry(tool.clone()).or_default();
+                *n += 1;
+                *n
+            };
+            let response = json!({"jsonrpc": "2.0", "id": id, "result": {
+                "content": [{"type": "text", "text": format!("{tool} executed {n} time(s)")}],
+                "isError": false,
+            }});
+            if tool == "charge" {
+                let progress = json!({"jsonrpc": "2.0", "method": "notifications/progress",
+                    "params": {"progressToken": 1, "progress": 0.5}});
+                reply(
+                    "text/event-stream",
+                    format!(
+                        "event: message\ndata: {progress}\n\nevent: message\ndata: {response}\n\n"
+                    ),
+                )
+            } else {
+                reply("application/json", response.to_string())
+            }
+        }
+        _ => Ok(Response::builder()
+            .status(202)
+            .body(Full::new(Bytes::new()))
+            .unwrap()),
+    }
+}
+
+/// `idemp mcp --upstream URL --listen 127.0.0.1:PORT FLAGS…`, and the port.
+fn http_proxy(store: &str, upstream: &str, flags: &[&str]) -> (Proc, u16) {
+    let listen = free_port();
+    let proxy = Proc(
+        Command::new(idemp())
+            .args(["mcp", "--store", store, "--scope", "https-test"])
+            .args(["--upstream", upstream])
+            .args(["--listen", &format!("127.0.0.1:{listen}")])
+            .args(flags)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(listen);
+    (proxy, listen)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_https_server_trusted_with_upstream_ca_runs_each_call_once() {
+    let server = TlsMcpServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("idemp.db").display());
+    let ca = server.ca.pem_path.to_str().unwrap().to_owned();
+    let (_proxy, listen) = http_proxy(&store, &server.url(), &["--upstream-ca", &ca]);
+
+    // An SSE answer (progress, then the result), then its retry with a new id.
+    let args = json!({"customer": "tls", "cents": 5});
+    let (st, first) = post_call(listen, 1, "charge", "charge", None, args.clone()).await;
+    assert_eq!(st, 200);
+    assert_eq!(first["id"], 1, "{first}");
+    assert_eq!(text_of(&first), "charge executed 1 time(s)");
+    let (st, again) = post_call(listen, 2, "charge", "charge", None, args.clone()).await;
+    assert_eq!(st, 200);
+    assert_eq!(again["id"], 2, "the replay carries the new id: {again}");
+    assert_eq!(text_of(&again), text_of(&first));
+    assert_eq!(server.state.calls("charge"), 1, "one execution over TLS");
+
+    // A JSON answer, the same way.
+    let (_, r1) = post_call(listen, 3, "refund", "refund", None, args.clone()).await;
+    let (_, r2) = post_call(listen, 4, "refund", "refund", None, args).await;
+    assert_eq!(text_of(&r1), "refund executed 1 time(s)");
+    assert_eq!(text_of(&r2), text_of(&r1));
+    assert_eq!(r2["id"], 4);
+    assert_eq!(server.state.calls("refund"), 1);
+
+    let conns = server.state.conns.lock().unwrap().clone();
+    assert_eq!(conns.len(), 2, "only the two executions reached the server");
+    for c in &conns {
+        assert_eq!(c.sni.as_deref(), Some("localhost"), "SNI from the URL");
+        assert_eq!(c.alpn.as_deref(), Some(&b"h2"[..]), "HTTP/2 by ALPN");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_untrusted_https_server_is_refused_before_the_call_is_sent_and_released() {
+    let server = TlsMcpServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("idemp.db").display());
+    let args = json!({"customer": "untrusted", "cents": 7});
+    {
+        // Default roots: the test's CA is unknown.
+        let (_proxy, listen) = http_proxy(&store, &server.url(), &[]);
+        let (st, v) = post_call(listen, 1, "charge", "charge", None, args.clone()).await;
+        assert_eq!(st, 502);
+        assert_eq!(v["id"], 1, "{v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("TLS handshake")
+                && message.contains("UnknownIssuer")
+                && message.contains("--upstream-ca")
+                && message.contains("not sent"),
+            "{message}"
+        );
+        assert_eq!(server.state.calls("charge"), 0);
+    }
+    // The key was released: a proxy that trusts the CA, on the same store, runs it.
+    let ca = server.ca.pem_path.to_str().unwrap().to_owned();
+    let (_proxy, listen) = http_proxy(&store, &server.url(), &["--upstream-ca", &ca]);
+    let (st, v) = post_call(listen, 2, "charge", "charge", None, args).await;
+    assert_eq!(st, 200);
+    assert_eq!(text_of(&v), "charge executed 1 time(s)");
+    assert_eq!(server.state.calls("charge"), 1);
 }

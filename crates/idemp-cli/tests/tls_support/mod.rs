@@ -1,10 +1,13 @@
-//! A TLS upstream for the `idemp serve` tests: a CA and a server certificate made in
-//! the test (rcgen), a rustls server (ring) that offers the ALPN protocols asked for,
-//! and a handler that counts executions and records what each connection negotiated.
+//! TLS upstreams for the `idemp serve` and `idemp mcp` tests: a CA and a server
+//! certificate made in the test (rcgen), a rustls server (ring) that offers the ALPN
+//! protocols asked for ([`spawn_https`] serves any handler with it), and
+//! [`TlsUpstream`], a handler that counts executions and records what each
+//! connection negotiated.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -73,6 +76,52 @@ pub fn acceptor(
     tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
+/// What a TLS connection negotiated.
+#[derive(Clone, Debug, Default)]
+pub struct Conn {
+    /// The server name the client sent (SNI).
+    pub sni: Option<String>,
+    /// The protocol chosen by ALPN.
+    pub alpn: Option<Vec<u8>>,
+}
+
+/// Serves HTTPS (HTTP/1.1 or HTTP/2, as ALPN chose) on `listener` with `acceptor`
+/// until the returned task is aborted: every request goes to `handler` with what its
+/// connection negotiated. Failed handshakes close the connection.
+pub fn spawn_https<H, F>(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    handler: H,
+) -> tokio::task::JoinHandle<()>
+where
+    H: Fn(Conn, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let (_, session) = tls.get_ref();
+                let conn = Conn {
+                    sni: session.server_name().map(str::to_owned),
+                    alpn: session.alpn_protocol().map(<[u8]>::to_vec),
+                };
+                let svc = hyper::service::service_fn(move |req| handler(conn.clone(), req));
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    })
+}
+
 /// What one connection negotiated and one request looked like.
 #[derive(Clone, Debug)]
 pub struct Seen {
@@ -89,8 +138,6 @@ pub struct TlsState {
     pub seen: Mutex<Vec<Seen>>,
     /// Executions of POST /charge per Idempotency-Key.
     pub charges: Mutex<HashMap<String, usize>>,
-    /// TLS handshakes that failed (the proxy refused our certificate, or we its hello).
-    pub failed_handshakes: Mutex<usize>,
 }
 
 impl TlsState {
@@ -128,32 +175,8 @@ impl TlsUpstream {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(TlsState::default());
         let st = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
-                };
-                let acceptor = acceptor.clone();
-                let st = st.clone();
-                tokio::spawn(async move {
-                    let tls = match acceptor.accept(tcp).await {
-                        Ok(t) => t,
-                        Err(_) => {
-                            *st.failed_handshakes.lock().unwrap() += 1;
-                            return;
-                        }
-                    };
-                    let (_, conn) = tls.get_ref();
-                    let sni = conn.server_name().map(str::to_owned);
-                    let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
-                    let svc = hyper::service::service_fn(move |req| {
-                        route(st.clone(), sni.clone(), alpn.clone(), req)
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await;
-                });
-            }
+        let task = spawn_https(listener, acceptor, move |conn, req| {
+            route(st.clone(), conn, req)
         });
         Self { addr, state, task }
     }
@@ -166,13 +189,12 @@ impl TlsUpstream {
 
 async fn route(
     st: Arc<TlsState>,
-    sni: Option<String>,
-    alpn: Option<Vec<u8>>,
+    conn: Conn,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let seen = Seen {
-        sni,
-        alpn,
+        sni: conn.sni,
+        alpn: conn.alpn,
         version: req.version(),
         method: req.method().to_string(),
         path: req.uri().path().to_owned(),
