@@ -421,26 +421,13 @@ async fn healthz_and_metrics() {
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
-    let text = c
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let value = |name: &str| -> f64 {
-        text.lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing in\n{text}"))
-    };
-    assert_eq!(value("idemp_claims_total"), 1.0);
-    assert_eq!(value("idemp_replays_total"), 2.0);
-    assert_eq!(value("idemp_mismatches_total"), 0.0);
+    let m = Scrape::fetch(admin).await;
+    assert_eq!(m.value("idemp_claims_total"), 1.0);
+    assert_eq!(m.value("idemp_replays_total"), 2.0);
+    assert_eq!(m.value("idemp_mismatches_total"), 0.0);
     assert!(
-        text.contains("idemp_store_latency_seconds_bucket"),
-        "{text}"
+        m.0.contains("idemp_store_latency_seconds_bucket"),
+        "{}",
+        m.0
     );
 }

@@ -31,7 +31,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
-use serve_support::{Proxy, client, spawn_server};
+use serve_support::{Proxy, Scrape, client, spawn_server};
 use std::sync::Mutex;
 use tls_support::TestCa;
 use tokio::net::TcpListener;
@@ -308,27 +308,6 @@ async fn run_scenario(scenario: &str, base: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// The proxy's `idemp_events_total` counters by event.
-async fn events(p: &Proxy) -> HashMap<String, u64> {
-    let admin = p.admin.expect("the proxy has an admin listener");
-    let text = client()
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter_map(|l| l.strip_prefix("idemp_events_total{event=\""))
-        .filter_map(|l| {
-            let (name, rest) = l.split_once('"')?;
-            let n = rest.rsplit(' ').next()?.parse().ok()?;
-            Some((name.to_owned(), n))
-        })
-        .collect()
-}
-
 async fn retries_execute_once(scenario: &str, scheme: Scheme) {
     let api = FakeApi::start(scheme).await;
     let p = api.proxy(&[]);
@@ -343,12 +322,13 @@ async fn retries_execute_once(scenario: &str, scheme: Scheme) {
     assert_ne!(lines[0]["id"], lines[1]["id"]);
     // The SDK's own retries fired and met the record (joined the running call, were
     // told it is in progress, or got its replay) instead of executing.
-    let ev = events(&p).await;
-    let at = |e: &str| ev.get(e).copied().unwrap_or(0);
-    assert_eq!(at("claimed"), 2, "{ev:?}");
+    let m = Scrape::fetch(p.admin.expect("the proxy has an admin listener")).await;
+    let at = |e: &str| m.value(&format!("idemp_events_total{{event=\"{e}\"}}"));
+    assert_eq!(at("claimed"), 2.0, "{}", m.0);
     assert!(
-        at("joined") + at("conflict") + at("replayed") >= 2,
-        "every logical call was retried by the SDK: {ev:?}"
+        at("joined") + at("conflict") + at("replayed") >= 2.0,
+        "every logical call was retried by the SDK:\n{}",
+        m.0
     );
 }
 

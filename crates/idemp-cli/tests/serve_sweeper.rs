@@ -69,19 +69,9 @@ async fn the_memory_store_returns_to_its_steady_state() {
         store.entry_count() == 0
     })
     .await;
-    let metrics = c
-        .get(format!("http://{}/metrics", proxy.admin_addr.unwrap()))
-        .send()
+    let swept = Scrape::fetch(proxy.admin_addr.unwrap())
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let swept: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("idemp_swept_records_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no idemp_swept_records_total in\n{metrics}"));
+        .value("idemp_swept_records_total");
     assert_eq!(swept, KEYS as f64);
     proxy.shutdown().await.unwrap();
 }

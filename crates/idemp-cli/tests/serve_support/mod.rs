@@ -297,6 +297,41 @@ impl Proxy {
     }
 }
 
+/// What an admin listener's `/metrics` said (Prometheus text).
+pub struct Scrape(pub String);
+
+impl Scrape {
+    /// Fetches `http://ADMIN/metrics`.
+    pub async fn fetch(admin: SocketAddr) -> Self {
+        let text = client()
+            .get(format!("http://{admin}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        Self(text)
+    }
+
+    /// The value of one series, named as rendered: `name` or `name{label="v"}`.
+    pub fn get(&self, series: &str) -> Option<f64> {
+        self.0.lines().find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+
+    /// The value of one series, which must be there.
+    pub fn value(&self, series: &str) -> f64 {
+        self.get(series)
+            .unwrap_or_else(|| panic!("{series} missing in\n{}", self.0))
+    }
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .pool_max_idle_per_host(64)
