@@ -59,6 +59,22 @@ fn bad_flags_are_one_line_errors() {
         vec!["mcp", "--upstream", "http://127.0.0.1:1/mcp", "--", "x"],
         vec!["mcp", "--ttl", "soon", "--", "x"],
         vec!["mcp", "--store", "ftp://x", "--", "x"],
+        // TLS trust is for https:// servers, and a CA file must be readable at start.
+        vec!["mcp", "--upstream-ca", "ca.pem", "--", "x"],
+        vec![
+            "mcp",
+            "--upstream",
+            "http://127.0.0.1:1/mcp",
+            "--upstream-roots",
+            "native",
+        ],
+        vec![
+            "mcp",
+            "--upstream",
+            "https://localhost:1/mcp",
+            "--upstream-ca",
+            "/nonexistent/ca.pem",
+        ],
     ] {
         let out = std::process::Command::new(idemp())
             .args(&args)

@@ -125,10 +125,15 @@ fn decode_str(raw: &RawValue) -> Option<Cow<'_, str>> {
     serde_json::from_str::<String>(text).ok().map(Cow::Owned)
 }
 
-/// A JSON-RPC id the relay can route: a string or a number (not null, not an
-/// object or array).
+/// A JSON-RPC id the relay can route: a number, or a string that is Unicode (not
+/// null, not an object or array, not a string with a lone surrogate escape such as
+/// `"\udc00"`, which has no [`IdKey`]): what [`IdKey::of`] reads.
 fn is_valid_id(id: &RawValue) -> bool {
-    matches!(id.get().as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9'))
+    match id.get().as_bytes().first() {
+        Some(b'"') => decode_str(id).is_some(),
+        Some(b'-' | b'0'..=b'9') => true,
+        _ => false,
+    }
 }
 
 /// A JSON-RPC id in a normal form, for matching a response to its request: the
@@ -320,6 +325,8 @@ mod tests {
             b"[{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\"}]",
             b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\"",
             b"{\"id\":{},\"method\":\"tools/call\"}",
+            b"{\"id\":\"a\\udc00\",\"method\":\"tools/call\"}",
+            b"{\"id\":\"\\ud800\",\"result\":{}}",
             b"{\"id\":1,\"result\":1,\"error\":{}}",
             b"{\"id\":1,\"method\":7}",
             b"{\"id\":1,\"id\":2,\"method\":\"tools/call\"}",
