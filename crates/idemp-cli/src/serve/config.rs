@@ -30,7 +30,7 @@ pub enum LogFormat {
 /// `--config` file's key of the same name with `_` for `-`).
 #[derive(Debug, Default, clap::Args)]
 pub struct ServeArgs {
-    /// The upstream base URL (http[s]://HOST[:PORT][/BASE]).
+    /// The upstream base URL (`http[s]://HOST[:PORT][/BASE]`).
     #[arg(long, env = "IDEMP_UPSTREAM")]
     pub upstream: Option<String>,
     /// Address to listen on [default: 127.0.0.1:8787].

@@ -412,7 +412,7 @@ fn legacy_kind(e: &hyper_util::client::legacy::Error) -> String {
 }
 
 /// Classifies an error of a hyper-util client built on
-/// [`UpstreamConnector`](super::tls::UpstreamConnector): never sent (connect, TLS,
+/// [`UpstreamConnector`]: never sent (connect, TLS,
 /// cancelled before writing) or maybe sent (everything after the request left).
 pub fn classify(e: &hyper_util::client::legacy::Error, upstream: &Authority) -> Failure {
     let below: Vec<&(dyn StdError + 'static)> = e.source().map(chain).unwrap_or_default();

@@ -9,7 +9,7 @@
 //! * [`server`]: the accept loop, the connection limits and the shutdown;
 //! * [`forward`]: the upstream hop (HTTP/1.1, or HTTPS with HTTP/2 or HTTP/1.1 by
 //!   ALPN through [`tls`]) and how its failures are reported;
-//! * [`config`]: flags, environment and TOML, validated at start.
+//! * `config`: flags, environment and TOML, validated at start.
 //!
 //! [`start`] runs it in-process and returns the bound addresses and a handle
 //! ([`RunningProxy`]) for a graceful shutdown; [`run`] is the command: it starts the
