@@ -539,7 +539,12 @@ async fn duplicate_storms_execute_once_per_key() {
     assert_eq!(h.runs(), keys, "exactly one execution per key");
     assert!(h.per_key.lock().values().all(|&n| n == 1));
     assert_eq!(observer.get("claimed"), keys);
-    assert_eq!(observer.get("replayed"), keys * (copies - 1));
+    // A duplicate either replays the record or, arriving while the first response
+    // is still being streamed, joins it live: both serve it without running it.
+    assert_eq!(
+        observer.get("replayed") + observer.get("joined"),
+        keys * (copies - 1)
+    );
 }
 
 // ---------------------------------------------------------------------------------
