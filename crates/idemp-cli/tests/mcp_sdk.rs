@@ -260,13 +260,15 @@ fn rust_example() -> std::path::PathBuf {
     let bin = std::path::Path::new(idemp());
     let example = bin.parent().unwrap().join("examples/mcp_annotated_server");
     if !example.exists() {
-        // `cargo nextest run --examples` (the test command) builds it; a lone run of
-        // this test builds it here.
+        // `cargo nextest run --examples` builds examples as test harnesses under
+        // hashed names, so the plain binary is built here, with the features of the
+        // test command's build (the whole workspace, all features) so that only the
+        // example itself is compiled, not the crates under it a second time.
         let status = std::process::Command::new(env!("CARGO"))
             .args([
                 "build",
-                "-p",
-                "idemp-cli",
+                "--workspace",
+                "--all-features",
                 "--example",
                 "mcp_annotated_server",
             ])
@@ -274,7 +276,7 @@ fn rust_example() -> std::path::PathBuf {
             .unwrap();
         assert!(
             status.success(),
-            "cannot build the example: cargo build -p idemp-cli --example mcp_annotated_server"
+            "cannot build the example: cargo build --workspace --all-features --example mcp_annotated_server"
         );
     }
     assert!(example.exists(), "missing {}", example.display());
