@@ -491,6 +491,16 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     }
 }
 
+/// The instant `timeout` from now; a timeout too large to represent (such as
+/// `Duration::MAX`) gives an instant a century away, i.e. "no deadline".
+pub(crate) fn deadline_after(timeout: Duration) -> tokio::time::Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    let now = tokio::time::Instant::now();
+    now.checked_add(timeout)
+        .or_else(|| now.checked_add(CENTURY))
+        .unwrap_or(now)
+}
+
 /// The polling fallback of [`Store::wait`], usable by stores that override `wait` but
 /// still need to poll sometimes.
 pub async fn poll_until_settled<S: Store + ?Sized>(

@@ -96,10 +96,12 @@ use crate::store::{
 };
 
 mod cases;
+mod edges;
 mod model;
 mod storm;
 
 pub use cases::*;
+pub use edges::*;
 pub use model::*;
 pub use storm::*;
 
@@ -338,6 +340,7 @@ pub const CASES: &[&str] = &[
     "storm_exactly_once",
     "storm_with_release",
     "storm_fencing",
+    "durations_at_their_maximum",
 ];
 
 /// Runs every case against stores from `factory`, one after the other, panicking at
@@ -371,6 +374,7 @@ pub async fn run_all<F: StoreFactory + ?Sized>(factory: &F) {
     storm_exactly_once(factory).await;
     storm_with_release(factory).await;
     storm_fencing(factory).await;
+    durations_at_their_maximum(factory).await;
 }
 
 /// Runs a future on a fresh multi-threaded runtime (4 workers): what
@@ -427,6 +431,7 @@ macro_rules! conformance_tests {
             storm_exactly_once,
             storm_with_release,
             storm_fencing,
+            durations_at_their_maximum,
         );
     };
     (@cases ($factory:expr) $($case:ident),* $(,)?) => {

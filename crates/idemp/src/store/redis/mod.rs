@@ -1084,7 +1084,7 @@ impl Store for RedisStore {
     }
 
     async fn wait(&self, id: &RecordKey, timeout: Duration) -> StoreResult<Option<Record>> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = crate::store::deadline_after(timeout);
         let (key, digest) = self.layout.locate(id);
         let registration = self.notifier.register(&digest);
         self.notifier
