@@ -151,3 +151,79 @@ pub async fn durations_at_their_maximum<F: StoreFactory + ?Sized>(factory: &F) {
     })
     .await
 }
+
+/// Lets `d` pass: advances the manual clock, or sleeps.
+async fn pass_for(env: &Env, d: Duration) {
+    match &env.time {
+        TimeControl::Manual(clock) => clock.advance(d),
+        TimeControl::Real => tokio::time::sleep(d).await,
+    }
+}
+
+/// An in-progress record abandoned by its owner is kept until `lease_until + ttl`,
+/// also when the ttl is shorter than the lease (lease 6 s, ttl 2 s, looked at 7 s
+/// after the claim): a claim without takeover sees the ambiguous record (not a fresh
+/// `Acquired`, which would run the side effect twice), a claim with takeover takes it
+/// over (`takeover` = the old token, attempt 2), and an owner that completes after its
+/// lease, when nobody took over, is accepted (not `Fenced`).
+///
+/// The durations are absolute (not [`KitConfig::real_time_unit`]s): stores with native
+/// expiry may keep records a few seconds longer than asked, which would hide the bug.
+pub async fn abandoned_record_outlives_a_short_ttl<F: StoreFactory + ?Sized>(factory: &F) {
+    with_env(
+        factory,
+        "abandoned_record_outlives_a_short_ttl",
+        |env| async move {
+            let lease = Duration::from_secs(6);
+            let ttl = Duration::from_secs(2);
+            let ids = [
+                env.id("seen"),
+                env.id("taken-over"),
+                env.id("completed-late"),
+            ];
+            let mut owners = Vec::new();
+            for id in &ids {
+                owners.push(env.acquire(&env.claim(id).lease(lease).ttl(ttl)).await);
+            }
+            pass_for(&env, lease + Duration::from_secs(1)).await;
+
+            let id = &ids[0];
+            let rec = env
+                .existing(&env.claim(id).lease(lease).ttl(ttl).take_over_expired(false))
+                .await;
+            env.check_eq(
+                id,
+                "the abandoned record's token",
+                rec.token,
+                owners[0].token,
+            );
+            env.check(rec.is_ambiguous(env.judge_now()), id, || {
+                format!("the abandoned record is not ambiguous: {rec:?}")
+            });
+
+            let id = &ids[1];
+            let b = env.acquire(&env.claim(id).lease(lease).ttl(ttl)).await;
+            env.check_eq(
+                id,
+                "takeover of the abandoned record",
+                b.takeover,
+                Some(owners[1].token),
+            );
+            env.check_eq(id, "attempt after the takeover", b.attempt, 2);
+
+            let id = &ids[2];
+            let r = env
+                .store
+                .complete(id, owners[2].token, raw(b"late"), ttl)
+                .await;
+            env.ok(
+                id,
+                "complete 1 s after the lease passed (nobody took over)",
+                r,
+            );
+            let rec = env.get_some(id).await;
+            env.check_eq(id, "state", rec.state, State::Completed(raw(b"late")));
+        },
+    )
+    .await
+}

@@ -341,6 +341,7 @@ pub const CASES: &[&str] = &[
     "storm_with_release",
     "storm_fencing",
     "durations_at_their_maximum",
+    "abandoned_record_outlives_a_short_ttl",
 ];
 
 /// Runs every case against stores from `factory`, one after the other, panicking at
@@ -375,6 +376,7 @@ pub async fn run_all<F: StoreFactory + ?Sized>(factory: &F) {
     storm_with_release(factory).await;
     storm_fencing(factory).await;
     durations_at_their_maximum(factory).await;
+    abandoned_record_outlives_a_short_ttl(factory).await;
 }
 
 /// Runs a future on a fresh multi-threaded runtime (4 workers): what
@@ -432,6 +434,7 @@ macro_rules! conformance_tests {
             storm_with_release,
             storm_fencing,
             durations_at_their_maximum,
+            abandoned_record_outlives_a_short_ttl,
         );
     };
     (@cases ($factory:expr) $($case:ident),* $(,)?) => {

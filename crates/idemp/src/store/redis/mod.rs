@@ -41,11 +41,12 @@
 //!   least as long, so a token is never issued twice for a key even though the record
 //!   itself is gone. Tokens therefore look like timestamps; they only ever grow.
 //! * **Expiry is native** (`PEXPIRE`): a settled record lives `ttl` after settling;
-//!   an in-progress record lives `max(lease, ttl)` after its last claim or renewal.
-//!   An abandoned in-progress record thus stays visible as *ambiguous* after its lease
-//!   passes (so a takeover, or `on_ambiguous`, can see that a previous attempt may have
-//!   run), and is reclaimed by Redis once its ttl passes too, like a settled record
-//!   nobody asks about. Scripts also compare `expires` with the clock, so a record is
+//!   an in-progress record lives `lease + ttl` after its last claim or renewal, i.e.
+//!   until `lease_until + ttl` as in every store. An abandoned in-progress record thus
+//!   stays visible as *ambiguous* for `ttl` after its lease passes, however short the
+//!   ttl is next to the lease (so a takeover, or `on_ambiguous`, can see that a
+//!   previous attempt may have run, and its owner may still settle it), and is then
+//!   reclaimed by Redis like a settled record nobody asks about. Scripts also compare `expires` with the clock, so a record is
 //!   invisible from the exact millisecond it expires. [`Store::sweep`] returns 0.
 //! * **Notifications**: [`Store::wait`] marks the in-progress record as waited for
 //!   (field `w`, in the same script that reads it); settle/release/purge of a marked
@@ -883,7 +884,11 @@ impl Store for RedisStore {
                     .arg(ms(claim.ttl))
                     .arg(if claim.take_over_expired { "1" } else { "0" })
                     .arg(self.now_arg())
-                    .arg(ms(claim.lease).max(ms(claim.ttl)).max(self.guard()))
+                    .arg(
+                        ms(claim.lease)
+                            .saturating_add(ms(claim.ttl))
+                            .max(self.guard()),
+                    )
                     .arg(self.guard()),
                 id,
             )

@@ -1,6 +1,6 @@
 -- claim: KEYS[1] record.
 -- ARGV: 1 id, 2 fingerprint (raw bytes or ''), 3 lease ms, 4 ttl ms,
---       5 take over expired ('1'/'0'), 6 now override, 7 max(lease, ttl, guard) ms,
+--       5 take over expired ('1'/'0'), 6 now override, 7 max(lease + ttl, guard) ms,
 --       8 guard ms.
 -- Reply: token (an integer: a fresh claim whose token is the clock, lease_until =
 --        token + lease; the common case, kept small)
@@ -70,9 +70,7 @@ end
 if waited then
   redis.call('HSET', k, 'w', '1')
 end
-local retain = lease
-if ttl > retain then
-  retain = ttl
-end
+-- kept until lease_until + ttl: an abandoned record stays ambiguous for its ttl
+local retain = lease + ttl
 keep(k, retain, token, now, tonumber(ARGV[8]))
 return {1, token, now + lease, prev, attempts}

@@ -10,7 +10,7 @@
 --   since    when the current lease started (claim or renew), ms (absent: created)
 --   lease    lease length, ms: lease_until = since + lease
 --   ttl      retention, ms: of a settled record from `settled`, of an in-progress one
---            from its claim (physically)
+--            from its lease_until (physically: lease + ttl from its claim or renewal)
 --   settled  when completed or failed, ms: expires = settled + ttl
 --   enc      '<codec>:<compression>' of the outcome
 --   outcome  the outcome bytes
