@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::{Env, StoreFactory, TimeControl, with_env};
 use crate::guard::{Guard, OnDuplicate};
-use crate::store::{ClaimOutcome, Codec, Outcome, State, Store};
+use crate::store::{ClaimOutcome, Codec, Outcome, Record, RecordKey, State, Store, StoreResult};
 
 fn raw(bytes: &[u8]) -> Outcome {
     Outcome::new(Codec::Raw, bytes.to_vec())
@@ -223,6 +223,195 @@ pub async fn abandoned_record_outlives_a_short_ttl<F: StoreFactory + ?Sized>(fac
             );
             let rec = env.get_some(id).await;
             env.check_eq(id, "state", rec.state, State::Completed(raw(b"late")));
+        },
+    )
+    .await
+}
+
+/// Joins a spawned `wait`, failing the case if it does not return within the kit's
+/// wait timeout.
+async fn join_wait(
+    env: &Env,
+    id: &RecordKey,
+    what: &str,
+    task: tokio::task::JoinHandle<StoreResult<Option<Record>>>,
+) -> Option<Record> {
+    match tokio::time::timeout(env.cfg.wait_timeout, task).await {
+        Ok(Ok(r)) => env.ok(id, what, r),
+        Ok(Err(join)) => env.fail(id, format!("{what}: the waiter panicked: {join}")),
+        Err(_) => env.fail(
+            id,
+            format!("{what}: did not return within {:?}", env.cfg.wait_timeout),
+        ),
+    }
+}
+
+fn spawn_wait(
+    env: &Env,
+    id: &RecordKey,
+    timeout: Duration,
+) -> tokio::task::JoinHandle<StoreResult<Option<Record>>> {
+    let store = env.store.clone();
+    let id = id.clone();
+    tokio::spawn(async move { store.wait(&id, timeout).await })
+}
+
+/// `wait` keeps its deadline while the owner's own transaction holds the record
+/// (settled inside the transaction, not committed): waiters with a 300 ms deadline
+/// return the in-progress record while the transaction is still open (they neither
+/// queue behind its row lock nor starve the owner of connections), a duplicate claim
+/// sees the record in progress, and the owner then commits. Stores without owner
+/// transactions run the same steps with the owner settling directly.
+pub async fn wait_meets_its_deadline_beside_an_open_transaction<F: StoreFactory + ?Sized>(
+    factory: &F,
+) {
+    with_env(
+        factory,
+        "wait_meets_its_deadline_beside_an_open_transaction",
+        |env| async move {
+            let id = env.id("k");
+            let a = env.acquire(&env.claim(&id)).await;
+            let mut tx = match &env.transactions {
+                Some(t) => {
+                    let mut tx = env.ok(&id, "begin the owner's transaction", t.begin(false).await);
+                    let r = tx
+                        .complete(&id, a.token, raw(b"v"), Duration::from_secs(3600))
+                        .await;
+                    env.ok(&id, "complete inside the owner's transaction", r);
+                    Some(tx)
+                }
+                None => None,
+            };
+            let waiters: Vec<_> = (0..4)
+                .map(|_| spawn_wait(&env, &id, Duration::from_millis(300)))
+                .collect();
+            for w in waiters {
+                let got = join_wait(&env, &id, "wait(300 ms) beside the open transaction", w).await;
+                match got {
+                    Some(rec) => {
+                        env.check_eq(&id, "the waiter's record token", rec.token, a.token);
+                        env.check(!rec.state.is_settled(), &id, || {
+                            format!("a waiter saw an uncommitted settle: {rec:?}")
+                        });
+                    }
+                    None => env.fail(&id, "wait returned None for a held in-progress record"),
+                }
+            }
+            let dup = env.existing(&env.claim(&id)).await;
+            env.check(!dup.state.is_settled(), &id, || {
+                format!("a duplicate claim saw an uncommitted settle: {dup:?}")
+            });
+            match tx.take() {
+                Some(tx) => env.ok(&id, "commit the owner's transaction", tx.commit().await),
+                None => {
+                    let r = env
+                        .store
+                        .complete(&id, a.token, raw(b"v"), Duration::from_secs(3600))
+                        .await;
+                    env.ok(&id, "complete", r)
+                }
+            }
+            let rec = env.get_some(&id).await;
+            env.check_eq(
+                &id,
+                "state after the commit",
+                rec.state,
+                State::Completed(raw(b"v")),
+            );
+        },
+    )
+    .await
+}
+
+/// A waiter and a duplicate claim leave an owner's `REPEATABLE READ` transaction
+/// alone: the owner's transaction takes its snapshot, a waiter starts waiting and a
+/// duplicate claims, then the owner completes inside its transaction and commits
+/// without a serialization failure (no waiter wrote to the owner's record), and the
+/// waiter is woken with the completed record. Stores without owner transactions run
+/// the same steps with the owner completing directly.
+pub async fn waiter_leaves_a_repeatable_read_owner_alone<F: StoreFactory + ?Sized>(factory: &F) {
+    with_env(
+        factory,
+        "waiter_leaves_a_repeatable_read_owner_alone",
+        |env| async move {
+            let id = env.id("k");
+            let a = env.acquire(&env.claim(&id)).await;
+            let tx = match &env.transactions {
+                Some(t) => Some(env.ok(&id, "begin REPEATABLE READ", t.begin(true).await)),
+                None => None,
+            };
+            let waiter = spawn_wait(&env, &id, env.cfg.wait_timeout * 3);
+            // Lets the waiter register (and do whatever it does to be woken).
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let dup = env.existing(&env.claim(&id)).await;
+            env.check_eq(&id, "the duplicate's token", dup.token, a.token);
+            let outcome = raw(b"v");
+            match tx {
+                Some(mut tx) => {
+                    let r = tx
+                        .complete(&id, a.token, outcome.clone(), Duration::from_secs(3600))
+                        .await;
+                    env.ok(
+                        &id,
+                        "complete inside REPEATABLE READ after a waiter came",
+                        r,
+                    );
+                    env.ok(&id, "commit REPEATABLE READ", tx.commit().await);
+                }
+                None => {
+                    let r = env
+                        .store
+                        .complete(&id, a.token, outcome.clone(), Duration::from_secs(3600))
+                        .await;
+                    env.ok(&id, "complete", r);
+                }
+            }
+            let got = join_wait(&env, &id, "wait", waiter).await;
+            env.check_eq(
+                &id,
+                "the waiter's record",
+                got.map(|r| r.state),
+                Some(State::Completed(outcome)),
+            );
+        },
+    )
+    .await
+}
+
+/// A waiter is woken by the settle of a new owner after a release and a re-claim:
+/// the waiter waits on owner A, A releases and B claims at once (the waiter, woken by
+/// the release, may find B's record in progress), then B completes. The waiter must
+/// return B's completed record (or `None` if it looked in the gap) within the kit's
+/// wait timeout, far beyond any notification latency; a store that forgets the waiter
+/// at the re-claim leaves it asleep until its own timeout (factories should set any
+/// polling backstop longer than the wait timeout). Ten rounds.
+pub async fn waiter_woken_after_release_and_reclaim<F: StoreFactory + ?Sized>(factory: &F) {
+    with_env(
+        factory,
+        "waiter_woken_after_release_and_reclaim",
+        |env| async move {
+            let s = &env.store;
+            for round in 0..10 {
+                let id = env.id(&format!("k{round}"));
+                let a = env.acquire(&env.claim(&id)).await;
+                let waiter = spawn_wait(&env, &id, env.cfg.wait_timeout * 3);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                env.ok(&id, "release", s.release(&id, a.token).await);
+                let b = env.acquire(&env.claim(&id)).await;
+                // The waiter, woken by the release, reads B's record meanwhile.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                env.ok(&id, "complete", s.complete(&id, b.token, raw(b"b"), Duration::from_secs(3600)).await);
+                let got = join_wait(&env, &id, "wait across release and re-claim", waiter).await;
+                match got {
+                    None => {}
+                    Some(rec) => env.check_eq(
+                        &id,
+                        &format!("round {round}: the waiter's record (in progress = never woken by B's settle)"),
+                        rec.state,
+                        State::Completed(raw(b"b")),
+                    ),
+                }
+            }
         },
     )
     .await
