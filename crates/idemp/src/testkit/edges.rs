@@ -3,11 +3,18 @@
 //! and a re-claim, and writes whose reply was lost.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use async_trait::async_trait;
+
 use super::{Env, StoreFactory, TimeControl, with_env};
-use crate::guard::{Guard, OnDuplicate};
-use crate::store::{ClaimOutcome, Codec, Outcome, Record, RecordKey, State, Store, StoreResult};
+use crate::clock::Millis;
+use crate::guard::{Guard, GuardError, OnDuplicate, OnFailure};
+use crate::store::{
+    Claim, ClaimOutcome, Codec, DynStore, ListQuery, Outcome, Page, Record, RecordKey, State,
+    Stats, Store, StoreError, StoreResult, Token,
+};
 
 fn raw(bytes: &[u8]) -> Outcome {
     Outcome::new(Codec::Raw, bytes.to_vec())
@@ -414,5 +421,191 @@ pub async fn waiter_woken_after_release_and_reclaim<F: StoreFactory + ?Sized>(fa
             }
         },
     )
+    .await
+}
+
+/// A store that applies the first `lose` settles (`complete`/`fail`) it is given and
+/// then reports them as [`StoreError::Unavailable`], as a connection that dropped
+/// after the server committed would.
+#[derive(Debug)]
+struct LostReplies {
+    inner: DynStore,
+    lose: Arc<AtomicU32>,
+}
+
+impl LostReplies {
+    fn lost(&self, r: StoreResult<()>) -> StoreResult<()> {
+        if r.is_ok()
+            && self
+                .lose
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            return Err(StoreError::Unavailable(
+                "testkit: the reply was lost after the write was applied".into(),
+            ));
+        }
+        r
+    }
+}
+
+#[async_trait]
+impl Store for LostReplies {
+    async fn claim(&self, claim: &Claim) -> StoreResult<ClaimOutcome> {
+        self.inner.claim(claim).await
+    }
+    async fn complete(
+        &self,
+        id: &RecordKey,
+        token: Token,
+        outcome: Outcome,
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        let r = self.inner.complete(id, token, outcome, ttl).await;
+        self.lost(r)
+    }
+    async fn fail(
+        &self,
+        id: &RecordKey,
+        token: Token,
+        outcome: Outcome,
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        let r = self.inner.fail(id, token, outcome, ttl).await;
+        self.lost(r)
+    }
+    async fn release(&self, id: &RecordKey, token: Token) -> StoreResult<()> {
+        self.inner.release(id, token).await
+    }
+    async fn renew(&self, id: &RecordKey, token: Token, lease: Duration) -> StoreResult<Millis> {
+        self.inner.renew(id, token, lease).await
+    }
+    async fn get(&self, id: &RecordKey) -> StoreResult<Option<Record>> {
+        self.inner.get(id).await
+    }
+    async fn list(&self, query: &ListQuery) -> StoreResult<Page> {
+        self.inner.list(query).await
+    }
+    async fn purge(&self, id: &RecordKey) -> StoreResult<bool> {
+        self.inner.purge(id).await
+    }
+    async fn sweep(&self) -> StoreResult<u64> {
+        self.inner.sweep().await
+    }
+    async fn stats(&self) -> StoreResult<Stats> {
+        self.inner.stats().await
+    }
+    async fn wait(&self, id: &RecordKey, timeout: Duration) -> StoreResult<Option<Record>> {
+        self.inner.wait(id, timeout).await
+    }
+}
+
+/// A settle whose reply is lost after the store applied it (the store reports
+/// `Unavailable`, whose outcome the contract says is unknown) is resolved by the
+/// guard: the guarded call returns its value (not a store error, not `LeaseLost` on
+/// its own write), the work ran once, and a later call replays the stored value. The
+/// same for a sticky failure. At the store level, repeating the lost `complete` with
+/// the same token either succeeds or is `Fenced` with `current` = that token.
+pub async fn lost_settle_reply_is_resolved<F: StoreFactory + ?Sized>(factory: &F) {
+    with_env(factory, "lost_settle_reply_is_resolved", |env| async move {
+        let lose = Arc::new(AtomicU32::new(1));
+        let lossy = LostReplies {
+            inner: env.store.clone(),
+            lose: lose.clone(),
+        };
+        let mut b = Guard::builder(lossy)
+            .scope(env.scope.clone())
+            .lease(Duration::from_secs(600))
+            .ttl(Duration::from_secs(3600))
+            .on_failure(OnFailure::Sticky);
+        if let TimeControl::Manual(clock) = &env.time {
+            b = b.clock(Arc::new(clock.clone()));
+        }
+        let guard = b.build();
+        let runs = AtomicU32::new(0);
+        let id = env.id("completed");
+        for call in 0..2 {
+            let r = guard
+                .run(id.key.as_str(), || async {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, std::io::Error>("v".to_string())
+                })
+                .await;
+            match r {
+                Ok(v) => env.check_eq(&id, &format!("call {call}'s value"), v.as_str(), "v"),
+                Err(e) => env.fail(&id, format!("call {call} after a lost complete reply: {e}")),
+            }
+        }
+        env.check_eq(&id, "executions", runs.load(Ordering::SeqCst), 1);
+        let rec = env.get_some(&id).await;
+        env.check(matches!(rec.state, State::Completed(_)), &id, || {
+            format!("not completed: {rec:?}")
+        });
+
+        // A sticky failure whose reply is lost.
+        lose.store(1, Ordering::SeqCst);
+        let id = env.id("failed");
+        let runs = AtomicU32::new(0);
+        for call in 0..2 {
+            let r = guard
+                .run(id.key.as_str(), || async {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    Err::<String, _>(std::io::Error::other("declined"))
+                })
+                .await;
+            match r {
+                Err(GuardError::Store(e)) => env.fail(
+                    &id,
+                    format!("call {call} after a lost fail reply: store error {e}"),
+                ),
+                Err(GuardError::LeaseLost { .. }) => env.fail(
+                    &id,
+                    format!("call {call} after a lost fail reply: LeaseLost on its own write"),
+                ),
+                Err(_) => {}
+                Ok(v) => env.fail(
+                    &id,
+                    format!("call {call}: a failing operation returned {v:?}"),
+                ),
+            }
+        }
+        env.check_eq(
+            &id,
+            "executions of the failing operation",
+            runs.load(Ordering::SeqCst),
+            1,
+        );
+        let rec = env.get_some(&id).await;
+        env.check(matches!(rec.state, State::Failed(_)), &id, || {
+            format!("not failed: {rec:?}")
+        });
+
+        // The store itself: the lost complete repeated with the same token.
+        let id = env.id("store-level");
+        let a = env.acquire(&env.claim(&id)).await;
+        let s = &env.store;
+        env.ok(
+            &id,
+            "complete",
+            s.complete(&id, a.token, raw(b"v"), Duration::from_secs(3600))
+                .await,
+        );
+        match s
+            .complete(&id, a.token, raw(b"v"), Duration::from_secs(3600))
+            .await
+        {
+            Ok(()) => {}
+            Err(StoreError::Fenced { current, .. }) => env.check_eq(
+                &id,
+                "Fenced.current of a repeated complete",
+                current,
+                Some(a.token),
+            ),
+            Err(e) => env.fail(
+                &id,
+                format!("repeated complete with the settling token: {e}"),
+            ),
+        }
+    })
     .await
 }

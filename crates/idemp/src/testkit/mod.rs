@@ -380,6 +380,7 @@ pub const CASES: &[&str] = &[
     "wait_meets_its_deadline_beside_an_open_transaction",
     "waiter_leaves_a_repeatable_read_owner_alone",
     "waiter_woken_after_release_and_reclaim",
+    "lost_settle_reply_is_resolved",
 ];
 
 /// Runs every case against stores from `factory`, one after the other, panicking at
@@ -418,6 +419,7 @@ pub async fn run_all<F: StoreFactory + ?Sized>(factory: &F) {
     wait_meets_its_deadline_beside_an_open_transaction(factory).await;
     waiter_leaves_a_repeatable_read_owner_alone(factory).await;
     waiter_woken_after_release_and_reclaim(factory).await;
+    lost_settle_reply_is_resolved(factory).await;
 }
 
 /// Runs a future on a fresh multi-threaded runtime (4 workers): what
@@ -479,6 +481,7 @@ macro_rules! conformance_tests {
             wait_meets_its_deadline_beside_an_open_transaction,
             waiter_leaves_a_repeatable_read_owner_alone,
             waiter_woken_after_release_and_reclaim,
+            lost_settle_reply_is_resolved,
         );
     };
     (@cases ($factory:expr) $($case:ident),* $(,)?) => {
