@@ -575,6 +575,14 @@ impl PostgresStore {
     /// The transaction may come from any connection to the same database (for example
     /// `store.pool().get().await?.transaction().await?`, which derefs to
     /// `tokio_postgres::Transaction`). One round trip (an unnamed, typed statement).
+    ///
+    /// Waiters and duplicate claims never write the record, so they cannot make a
+    /// `REPEATABLE READ` or `SERIALIZABLE` transaction fail. The owner's own lease
+    /// renewals (the guard's heartbeat, every lease / 3) do write it: one committed
+    /// after such a transaction took its snapshot makes this call fail with a
+    /// serialization error ([`StoreError::Unavailable`], retry the transaction). Start
+    /// the transaction after the work and keep it shorter than the renewal period, or
+    /// use `READ COMMITTED` (the default), where renewals are harmless.
     pub async fn complete_in(
         &self,
         tx: &tokio_postgres::Transaction<'_>,
