@@ -26,7 +26,7 @@ async fn claim(store: &PostgresStore, id: &RecordKey) -> u64 {
     }
 }
 
-/// Starts `n` waiters on `id` and returns once they are all subscribed and marked.
+/// Starts `n` waiters on `id` and returns once they are all subscribed and present.
 async fn waiters(
     store: &PostgresStore,
     id: &RecordKey,
@@ -39,15 +39,24 @@ async fn waiters(
             tokio::spawn(async move { store.wait(&id, Duration::from_secs(3000)).await.unwrap() })
         })
         .collect();
-    // Wait until the row is marked watched (the waiters' first step once listening).
+    // Wait until the waiters hold their presence lock (their first step once
+    // listening): a shared advisory lock on the hash of the record's presence name.
     let c = client().await;
-    let q = format!(
-        "SELECT watched FROM \"{}\".records WHERE scope = $1 AND key = $2",
-        store.schema()
+    let name = format!(
+        "{}/{}:{}{}",
+        store.channel(),
+        id.scope.len(),
+        id.scope,
+        id.key
     );
+    let q = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ShareLock' \
+             AND granted AND ((classid::bigint << 32) | objid::bigint) = hashtextextended($1::text, 0)";
     for _ in 0..1000 {
-        let watched: bool = c.query_one(&q, &[&id.scope, &id.key]).await.unwrap().get(0);
-        if watched && store.is_listening() {
+        let held: i64 = c.query_one(q, &[&name]).await.unwrap().get(0);
+        if held >= 1 && store.is_listening() {
+            // One session holds every waiter's lock (a single pg_locks row): give the
+            // other waiters, started at the same time, a moment to take theirs.
+            tokio::time::sleep(Duration::from_millis(200)).await;
             return handles;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -297,4 +306,85 @@ async fn many_waiters_on_many_keys() {
             );
         }
     }
+}
+
+/// With the owner's transaction holding the row (settled inside it, not committed) and
+/// a pool of 2: waiters with a 500 ms deadline all return the in-progress record while
+/// the transaction stays open (none queues behind the row lock or holds a pooled
+/// connection past its deadline), the owner's next operation gets a connection, and a
+/// statement cancelled by `statement_timeout` (SQLSTATE 57014) is transient.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_keep_their_deadline_beside_a_locked_row_and_cancellations_are_transient() {
+    let schema = unique_schema();
+    let _guard = SchemaGuard(schema.clone());
+    let store = connect(
+        options(&schema)
+            .pool_size(2)
+            .acquire_timeout(Duration::from_secs(2)),
+    )
+    .await;
+    let id = RecordKey::new("s", "locked");
+    let token = claim(&store, &id).await;
+    let (mut owner, conn) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let tx = owner.transaction().await.unwrap();
+    store
+        .complete_in(
+            &tx,
+            &id,
+            token,
+            Outcome::new(Codec::Raw, b"v".to_vec()),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    let waiters: Vec<_> = (0..6)
+        .map(|_| {
+            let store = store.clone();
+            let id = id.clone();
+            tokio::spawn(async move { store.wait(&id, Duration::from_millis(500)).await })
+        })
+        .collect();
+    for w in waiters {
+        let got = tokio::time::timeout(Duration::from_secs(20), w)
+            .await
+            .expect("a wait(500 ms) was still blocked 20 s later beside the open transaction")
+            .unwrap()
+            .unwrap()
+            .expect("the in-progress record");
+        assert_eq!(got.token, token);
+        assert!(!got.state.is_settled(), "{got:?}");
+    }
+    // The owner's next operation (outside its transaction) is not starved.
+    let seen = tokio::time::timeout(Duration::from_secs(20), store.get(&id))
+        .await
+        .expect("get blocked")
+        .unwrap()
+        .unwrap();
+    assert!(!seen.state.is_settled());
+
+    // A store whose statements time out while the row is locked: 57014 is transient.
+    let mut config: tokio_postgres::Config = url().parse().unwrap();
+    config.options("-c statement_timeout=300");
+    let impatient = PostgresStore::connect_config(config, options(&schema).pool_size(1))
+        .await
+        .unwrap();
+    let err = impatient
+        .complete(
+            &id,
+            token,
+            Outcome::new(Codec::Raw, b"w".to_vec()),
+            Duration::from_secs(60),
+        )
+        .await
+        .expect_err("the row is locked by the owner's transaction");
+    assert!(err.is_transient(), "57014 must be transient: {err:?}");
+    tx.commit().await.unwrap();
+    let done = store.get(&id).await.unwrap().unwrap();
+    assert_eq!(
+        done.state,
+        State::Completed(Outcome::new(Codec::Raw, b"v".to_vec()))
+    );
 }

@@ -391,3 +391,84 @@ async fn durability_check_warns_about_each_missing_prerequisite() {
         panic!()
     };
 }
+
+/// Tokens do not depend on data a restart can lose: a hot key is taken over (claims
+/// with a zero lease) by 8 tasks as fast as the server answers for 1.5 s, many claims
+/// per millisecond, which ran millisecond tokens seconds ahead of the clock; the last
+/// owner keeps its claim. The private
+/// server (`--save "" --appendonly no`) is then killed and started empty. The next
+/// claim's token must exceed every token issued before, and the stale owner's
+/// `complete` must be `Fenced` (never settle the new owner's record).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tokens_stay_ahead_across_a_data_losing_restart() {
+    let mut server = PrivateRedis::start(&["--appendonly", "no", "--save", ""]);
+    let store = Arc::new(private_store(&server, "hot").await);
+    let hot = RecordKey::new("s", "hot");
+    let claim = Claim::new(hot.clone()).lease(Duration::from_secs(60));
+    let stop_at = tokio::time::Instant::now() + Duration::from_millis(1500);
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        let churn = claim.clone().lease(Duration::ZERO);
+        tasks.push(tokio::spawn(async move {
+            let mut tokens = Vec::new();
+            while tokio::time::Instant::now() < stop_at {
+                if let ClaimOutcome::Acquired { token, .. } = store.claim(&churn).await.unwrap() {
+                    tokens.push(token);
+                }
+            }
+            tokens
+        }));
+    }
+    let mut issued = Vec::new();
+    for t in tasks {
+        issued.extend(t.await.unwrap());
+    }
+    let stale = match store.claim(&claim).await.unwrap() {
+        ClaimOutcome::Acquired { token, .. } => token,
+        other => panic!("{other:?}"),
+    };
+    issued.push(stale);
+    let highest = issued.iter().copied().max().unwrap();
+    assert!(issued.len() > 100, "only {} claims", issued.len());
+
+    server.kill9();
+    server.start_again();
+    // A fresh connection to the restarted, empty server.
+    let store = private_store(&server, "hot").await;
+    assert_eq!(
+        store.get(&hot).await.unwrap(),
+        None,
+        "the restart lost the data"
+    );
+    let fresh = match store.claim(&claim).await.unwrap() {
+        ClaimOutcome::Acquired { token, .. } => token,
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        fresh > highest,
+        "after the restart token {fresh} <= {highest}, the highest of {} tokens issued before",
+        issued.len()
+    );
+    let r = store
+        .complete(
+            &hot,
+            stale,
+            Outcome::new(Codec::Raw, b"stale".to_vec()),
+            Duration::from_secs(60),
+        )
+        .await;
+    match r {
+        Err(StoreError::Fenced { current, .. }) => assert_eq!(current, Some(fresh)),
+        other => panic!("the stale owner's complete: expected Fenced, got {other:?}"),
+    }
+    store
+        .complete(
+            &hot,
+            fresh,
+            Outcome::new(Codec::Raw, b"new".to_vec()),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+}

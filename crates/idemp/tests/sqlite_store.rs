@@ -529,3 +529,36 @@ async fn a_claim_cancelled_before_it_runs_is_skipped() {
         ClaimOutcome::Acquired { attempt: 1, .. }
     ));
 }
+
+/// `batch_linger` beyond `MAX_BATCH_LINGER` (up to `Duration::MAX`) is refused at
+/// `open` with `Invalid`, instead of starting a writer thread that dies on its first
+/// batch; the maximum itself works (writes go through and the store stays usable).
+#[tokio::test]
+async fn batch_linger_is_bounded_at_open() {
+    use idemp::store::sqlite::MAX_BATCH_LINGER;
+    let dir = tempfile::tempdir().expect("tempdir");
+    for linger in [Duration::MAX, MAX_BATCH_LINGER + Duration::from_millis(1)] {
+        match SqliteStore::builder(dir.path().join("linger.db"))
+            .batch_linger(linger)
+            .open()
+        {
+            Err(StoreError::Invalid(msg)) => assert!(msg.contains("batch_linger"), "{msg}"),
+            other => panic!("batch_linger({linger:?}): expected Invalid, got {other:?}"),
+        }
+    }
+    let store = SqliteStore::builder(dir.path().join("linger.db"))
+        .batch_linger(MAX_BATCH_LINGER)
+        .open()
+        .expect("open with the maximum linger");
+    for k in ["a", "b"] {
+        let token = acquire(&store, &Claim::new(id(k))).await;
+        store
+            .complete(&id(k), token, json("1"), Duration::from_secs(60))
+            .await
+            .expect("complete");
+    }
+    assert!(matches!(
+        store.get(&id("a")).await.expect("get").map(|r| r.state),
+        Some(State::Completed(_))
+    ));
+}

@@ -13,7 +13,7 @@ use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
 use crate::clock::Millis;
-use crate::store::{Codec, Outcome, Record, RecordKey, StoreError, Token};
+use crate::store::{Codec, Outcome, Record, RecordKey, State, StoreError, Token};
 
 use super::codec::{self, CodecError};
 use super::error::{GuardError, StoredFailure};
@@ -97,23 +97,87 @@ impl LeaseCore {
         // Disarm first: once the work succeeded, the key must never be released,
         // even if this future is dropped mid-complete (it then expires as ambiguous).
         self.armed = false;
-        let res = self
-            .inner
-            .backend()
-            .complete(&self.id, self.token, outcome, self.inner.opts.ttl)
-            .await;
+        let res = self.settle_once(&outcome, true).await;
+        let res = self.resolve_settle(res, &outcome, true).await;
         self.map_fenced(res)
     }
 
     /// Stores a sticky failure.
     pub(crate) async fn fail(&mut self, outcome: Outcome) -> Result<(), GuardError> {
         self.armed = false;
-        let res = self
-            .inner
-            .backend()
-            .fail(&self.id, self.token, outcome, self.inner.opts.ttl)
-            .await;
+        let res = self.settle_once(&outcome, false).await;
+        let res = self.resolve_settle(res, &outcome, false).await;
         self.map_fenced(res)
+    }
+
+    async fn settle_once(&self, outcome: &Outcome, completed: bool) -> Result<(), StoreError> {
+        let store = self.inner.backend();
+        let ttl = self.inner.opts.ttl;
+        if completed {
+            store
+                .complete(&self.id, self.token, outcome.clone(), ttl)
+                .await
+        } else {
+            store.fail(&self.id, self.token, outcome.clone(), ttl).await
+        }
+    }
+
+    /// Resolves a settle whose outcome is unknown ([`StoreError::outcome_unknown`]:
+    /// the store may have applied it before the reply was lost) by reading the record:
+    /// settled by this token with this outcome is success (a retry must not report
+    /// `Fenced` on the caller's own write), still in progress under this token means
+    /// it was not applied and the settle is tried again. Up to 4 rounds with backoff;
+    /// then the last error is returned (the outcome stays unknown).
+    async fn resolve_settle(
+        &self,
+        res: Result<(), StoreError>,
+        outcome: &Outcome,
+        completed: bool,
+    ) -> Result<(), StoreError> {
+        let mut last = match res {
+            Err(e) if e.outcome_unknown() => e,
+            other => return other,
+        };
+        let store = self.inner.backend();
+        let mut delay = Duration::from_millis(20);
+        for _ in 0..4 {
+            tracing::debug!(id = %self.id, token = self.token, error = %last, "settle outcome unknown: reading the record");
+            match store.get(&self.id).await {
+                Ok(Some(rec)) if rec.token == self.token => match &rec.state {
+                    State::Completed(o) if completed && o == outcome => return Ok(()),
+                    State::Failed(o) if !completed && o == outcome => return Ok(()),
+                    State::InProgress { .. } => match self.settle_once(outcome, completed).await {
+                        Ok(()) => return Ok(()),
+                        // Settled by this token meanwhile (the first attempt landed
+                        // late): the next read tells with which outcome.
+                        Err(StoreError::Fenced { current, .. }) if current == Some(self.token) => {}
+                        Err(e) if e.outcome_unknown() => last = e,
+                        Err(e) => return Err(e),
+                    },
+                    // Settled by this token the other way: not this settle's doing.
+                    _ => {
+                        return Err(StoreError::Fenced {
+                            id: self.id.clone(),
+                            token: self.token,
+                            current: Some(rec.token),
+                        });
+                    }
+                },
+                // Gone or owned by another token: this settle did not land.
+                Ok(rec) => {
+                    return Err(StoreError::Fenced {
+                        id: self.id.clone(),
+                        token: self.token,
+                        current: rec.map(|r| r.token),
+                    });
+                }
+                Err(e) if e.outcome_unknown() => last = e,
+                Err(e) => return Err(e),
+            }
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        }
+        Err(last)
     }
 
     /// Deletes the in-progress record so the key may run again.

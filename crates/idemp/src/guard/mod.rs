@@ -561,7 +561,7 @@ impl Guard {
             take_over_expired: !matches!(opts.on_ambiguous, OnAmbiguous::Surface),
         };
         let deadline = match opts.on_duplicate {
-            OnDuplicate::Wait(timeout) => Some(tokio::time::Instant::now() + timeout),
+            OnDuplicate::Wait(timeout) => Some(crate::store::deadline_after(timeout)),
             _ => None,
         };
         let found = inner.backend().claim(&claim).await?;

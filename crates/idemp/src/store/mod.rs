@@ -28,7 +28,15 @@
 //!   changes nothing.
 //! * Settled records (`Completed` / `Failed`) expire `ttl` after settling; expired records
 //!   are invisible to `get`/`claim`/`list` even before `sweep` removes them.
-//! * `wait` returns once the record is settled or gone, or when the timeout passes.
+//! * `wait` returns once the record is settled or gone, or when the timeout passes
+//!   (`Duration::MAX` means no deadline; every duration the contract takes accepts
+//!   `Duration::MAX`, capped at what the store can represent).
+//! * An in-progress record abandoned by its owner stays (ambiguous) until
+//!   `lease_until + ttl`, however short the ttl is next to the lease; its owner may
+//!   settle it until someone takes it over.
+//! * A write that fails with [`StoreError::Unavailable`] or [`StoreError::Backend`] may
+//!   have been applied ([`StoreError::outcome_unknown`]); every other error means it
+//!   changed nothing.
 //!
 //! The `testkit` module (feature `testkit`) checks all of this against any store.
 
@@ -375,7 +383,51 @@ pub struct Stats {
     pub outcome_bytes: Option<u64>,
 }
 
-/// Errors of a store. Callers can match on them.
+/// What kind of [`StoreError`] this is: [`StoreError::kind`], to match on without
+/// the payloads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// [`StoreError::Fenced`]: nothing was changed.
+    Fenced,
+    /// [`StoreError::Unavailable`]: transient; a write's outcome is unknown.
+    Unavailable,
+    /// [`StoreError::Corrupt`]: nothing was changed.
+    Corrupt,
+    /// [`StoreError::Incompatible`]: nothing was changed.
+    Incompatible,
+    /// [`StoreError::Invalid`]: nothing was changed.
+    Invalid,
+    /// [`StoreError::Backend`]: a write's outcome is unknown.
+    Backend,
+}
+
+/// Errors of a store. Callers can match on them (or on [`kind`](Self::kind)).
+///
+/// ## Which errors leave a write's outcome unknown
+///
+/// A write (`claim`, `complete`, `fail`, `release`, `renew`, `purge`) that fails with
+/// [`Fenced`](Self::Fenced), [`Invalid`](Self::Invalid),
+/// [`Incompatible`](Self::Incompatible) or [`Corrupt`](Self::Corrupt) **changed
+/// nothing**. One that fails with [`Unavailable`](Self::Unavailable) or
+/// [`Backend`](Self::Backend) **may or may not have been applied**: the server may
+/// have committed it before the connection dropped or the reply was lost
+/// ([`outcome_unknown`](Self::outcome_unknown) is `true`). Read the record to find out:
+/// a `complete`/`fail` that was applied shows the caller's token settled with its
+/// outcome (and repeating it gets `Ok` or `Fenced` with `current` = that token); a
+/// `claim` that was applied shows a record in progress that the caller cannot tell
+/// from someone else's, so the key stays blocked until its lease passes (never run
+/// twice). The [guard](crate::guard) resolves a settle whose outcome is unknown this
+/// way before it reports an error.
+///
+/// ```
+/// use idemp::store::{ErrorKind, StoreError};
+/// let e = StoreError::Unavailable("connection reset".into());
+/// assert_eq!(e.kind(), ErrorKind::Unavailable);
+/// assert!(e.is_transient() && e.outcome_unknown());
+/// let e = StoreError::Invalid("empty key".into());
+/// assert!(!e.is_transient() && !e.outcome_unknown());
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
@@ -390,8 +442,10 @@ pub enum StoreError {
         /// The record's current token, if the record still exists.
         current: Option<Token>,
     },
-    /// The store cannot be reached (connection refused, reset, timed out). Safe to
-    /// retry later; the outcome of the attempted write is unknown only for `Backend`.
+    /// The store cannot be reached or gave up (connection refused, reset, timed out,
+    /// statement cancelled, busy). Retrying later may succeed. The outcome of the
+    /// attempted write is **unknown**: it may have been applied before the reply was
+    /// lost (see [`outcome_unknown`](Self::outcome_unknown)).
     #[error("store unavailable: {0}")]
     Unavailable(String),
     /// A stored record could not be read (corrupt, written by a newer version…).
@@ -408,7 +462,7 @@ pub enum StoreError {
     /// An argument the store cannot accept (key too long, empty key…).
     #[error("invalid argument: {0}")]
     Invalid(String),
-    /// Any other backend error.
+    /// Any other backend error. The outcome of the attempted write is unknown.
     #[error("store error: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -421,6 +475,22 @@ impl StoreError {
     /// Whether retrying the same operation later may succeed.
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))
+    }
+    /// The kind of error, without its payload.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            StoreError::Fenced { .. } => ErrorKind::Fenced,
+            StoreError::Unavailable(_) => ErrorKind::Unavailable,
+            StoreError::Corrupt { .. } => ErrorKind::Corrupt,
+            StoreError::Incompatible(_) => ErrorKind::Incompatible,
+            StoreError::Invalid(_) => ErrorKind::Invalid,
+            StoreError::Backend(_) => ErrorKind::Backend,
+        }
+    }
+    /// Whether a write that failed with this error may nonetheless have been applied
+    /// (`Unavailable`, `Backend`); `false` means it changed nothing.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_) | StoreError::Backend(_))
     }
 }
 
@@ -489,6 +559,16 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     async fn wait(&self, id: &RecordKey, timeout: Duration) -> StoreResult<Option<Record>> {
         poll_until_settled(self, id, timeout).await
     }
+}
+
+/// The instant `timeout` from now; a timeout too large to represent (such as
+/// `Duration::MAX`) gives an instant a century away, i.e. "no deadline".
+pub(crate) fn deadline_after(timeout: Duration) -> tokio::time::Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    let now = tokio::time::Instant::now();
+    now.checked_add(timeout)
+        .or_else(|| now.checked_add(CENTURY))
+        .unwrap_or(now)
 }
 
 /// The polling fallback of [`Store::wait`], usable by stores that override `wait` but

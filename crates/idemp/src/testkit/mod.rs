@@ -96,10 +96,12 @@ use crate::store::{
 };
 
 mod cases;
+mod edges;
 mod model;
 mod storm;
 
 pub use cases::*;
+pub use edges::*;
 pub use model::*;
 pub use storm::*;
 
@@ -118,6 +120,34 @@ pub struct Fixture {
     pub store: DynStore,
     /// How time is controlled.
     pub time: TimeControl,
+    /// For stores that can settle inside the caller's own database transaction
+    /// (Postgres `complete_in`): opens such transactions, so the cases can check that
+    /// waiters and duplicates neither block on nor break an owner's open transaction.
+    pub transactions: Option<Arc<dyn OwnerTransactions>>,
+}
+
+/// Opens owner transactions on a fixture's database (see [`Fixture::transactions`]).
+#[async_trait]
+pub trait OwnerTransactions: Send + Sync {
+    /// Begins a transaction, `REPEATABLE READ` when `repeatable_read` (else the
+    /// database's default), and runs a first statement in it, so that its snapshot is
+    /// taken before the case goes on.
+    async fn begin(&self, repeatable_read: bool) -> StoreResult<Box<dyn OwnerTransaction>>;
+}
+
+/// An owner's open database transaction.
+#[async_trait]
+pub trait OwnerTransaction: Send {
+    /// Completes the record inside the transaction (not committed yet).
+    async fn complete(
+        &mut self,
+        id: &RecordKey,
+        token: Token,
+        outcome: crate::store::Outcome,
+        ttl: Duration,
+    ) -> StoreResult<()>;
+    /// Commits the transaction.
+    async fn commit(self: Box<Self>) -> StoreResult<()>;
 }
 
 impl Fixture {
@@ -126,7 +156,13 @@ impl Fixture {
         Self {
             store: Arc::new(store),
             time,
+            transactions: None,
         }
+    }
+    /// Declares that the store can settle inside owner transactions opened by `tx`.
+    pub fn with_transactions(mut self, tx: Arc<dyn OwnerTransactions>) -> Self {
+        self.transactions = Some(tx);
+        self
     }
     /// A store that reads `clock` (the suite advances it).
     pub fn manual(store: impl Store, clock: ManualClock) -> Self {
@@ -143,6 +179,7 @@ impl fmt::Debug for Fixture {
         f.debug_struct("Fixture")
             .field("store", &self.store)
             .field("time", &self.time)
+            .field("transactions", &self.transactions.is_some())
             .finish()
     }
 }
@@ -338,6 +375,12 @@ pub const CASES: &[&str] = &[
     "storm_exactly_once",
     "storm_with_release",
     "storm_fencing",
+    "durations_at_their_maximum",
+    "abandoned_record_outlives_a_short_ttl",
+    "wait_meets_its_deadline_beside_an_open_transaction",
+    "waiter_leaves_a_repeatable_read_owner_alone",
+    "waiter_woken_after_release_and_reclaim",
+    "lost_settle_reply_is_resolved",
 ];
 
 /// Runs every case against stores from `factory`, one after the other, panicking at
@@ -371,6 +414,12 @@ pub async fn run_all<F: StoreFactory + ?Sized>(factory: &F) {
     storm_exactly_once(factory).await;
     storm_with_release(factory).await;
     storm_fencing(factory).await;
+    durations_at_their_maximum(factory).await;
+    abandoned_record_outlives_a_short_ttl(factory).await;
+    wait_meets_its_deadline_beside_an_open_transaction(factory).await;
+    waiter_leaves_a_repeatable_read_owner_alone(factory).await;
+    waiter_woken_after_release_and_reclaim(factory).await;
+    lost_settle_reply_is_resolved(factory).await;
 }
 
 /// Runs a future on a fresh multi-threaded runtime (4 workers): what
@@ -427,6 +476,12 @@ macro_rules! conformance_tests {
             storm_exactly_once,
             storm_with_release,
             storm_fencing,
+            durations_at_their_maximum,
+            abandoned_record_outlives_a_short_ttl,
+            wait_meets_its_deadline_beside_an_open_transaction,
+            waiter_leaves_a_repeatable_read_owner_alone,
+            waiter_woken_after_release_and_reclaim,
+            lost_settle_reply_is_resolved,
         );
     };
     (@cases ($factory:expr) $($case:ident),* $(,)?) => {
@@ -453,6 +508,8 @@ pub(crate) struct Env {
     pub(crate) cfg: KitConfig,
     /// A scope unique to this case run: `tk-<case>-<random>`.
     pub(crate) scope: String,
+    /// The fixture's owner transactions, if the store has them.
+    pub(crate) transactions: Option<Arc<dyn OwnerTransactions>>,
 }
 
 /// Runs a case body with a fresh store, disposing of it afterwards even on failure.
@@ -467,6 +524,7 @@ where
         case,
         store: fixture.store.clone(),
         time: fixture.time.clone(),
+        transactions: fixture.transactions.clone(),
         cfg: factory.config(),
         scope: format!(
             "tk-{case}-{}",

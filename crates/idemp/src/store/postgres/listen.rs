@@ -14,16 +14,74 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 use crate::store::RecordKey;
 
 /// Registered waiters and the listener's health, shared with the listener task.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(super) struct Waiters {
     map: Mutex<HashMap<RecordKey, (Arc<Notify>, usize)>>,
     up: AtomicBool,
     notifications: AtomicU64,
+    /// The listener's connection while it is subscribed, with its generation (bumped
+    /// at every connection): waiters hold their presence locks on it.
+    session: Mutex<Option<(Arc<Client>, u64)>>,
+    generation: AtomicU64,
+}
+
+impl std::fmt::Debug for Waiters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Waiters")
+            .field("up", &self.is_up())
+            .field("notifications", &self.notifications())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The statement that announces a waiter: a shared advisory lock, held by the
+/// listener's session, on a 64-bit hash of the waiter's lock name (see
+/// [`presence_name`]). A settle, release or purge tries the exclusive lock on the same
+/// hash after changing the row, and notifies when it cannot take it. Non-blocking: it
+/// fails while a settle holds the exclusive lock (the waiter then polls).
+const HOLD: &str = "SELECT pg_try_advisory_lock_shared(hashtextextended($1::text, 0))";
+const UNHOLD: &str = "SELECT pg_advisory_unlock_shared(hashtextextended($1::text, 0))";
+
+/// The name whose hash is the presence lock of a record's waiters: the channel, the
+/// scope's byte length, the scope and the key (the SQL side builds the same string).
+pub(super) fn presence_name(channel: &str, id: &RecordKey) -> String {
+    format!("{channel}/{}:{}{}", id.scope.len(), id.scope, id.key)
+}
+
+/// A waiter's presence lock on the listener's session; released when dropped.
+pub(super) struct Presence {
+    session: Option<(Arc<Client>, u64)>,
+    name: String,
+}
+
+impl Presence {
+    /// Whether the lock is held on the listener's current session.
+    pub fn is_held(&self, waiters: &Waiters) -> bool {
+        matches!(&self.session, Some((_, g)) if *g == waiters.generation.load(Ordering::Acquire) && waiters.is_up())
+    }
+}
+
+impl Drop for Presence {
+    fn drop(&mut self) {
+        let Some((client, _)) = self.session.take() else {
+            return;
+        };
+        let name = std::mem::take(&mut self.name);
+        // A closed session has released its locks already.
+        if client.is_closed() {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = client.query(UNHOLD, &[&name]).await;
+            });
+        }
+    }
 }
 
 /// Keeps a waiter registered until dropped.
@@ -57,6 +115,29 @@ impl Waiters {
             waiters: self,
             id: id.clone(),
             notify: entry.0.clone(),
+        }
+    }
+
+    /// Announces a waiter on `name` (see [`presence_name`]) on the listener's
+    /// session. The returned presence may not be held (no session, or a settle of the
+    /// record is committing right now): check [`Presence::is_held`].
+    pub async fn hold(&self, name: String) -> Presence {
+        let session = self.session.lock().clone();
+        let Some((client, generation)) = session else {
+            return Presence {
+                session: None,
+                name,
+            };
+        };
+        match client.query_one(HOLD, &[&name]).await {
+            Ok(row) if row.try_get::<_, bool>(0).unwrap_or(false) => Presence {
+                session: Some((client, generation)),
+                name,
+            },
+            _ => Presence {
+                session: None,
+                name,
+            },
         }
     }
 
@@ -130,11 +211,15 @@ pub(super) async fn run(config: tokio_postgres::Config, channel: String, waiters
                         }
                     }
                 });
+                let client = Arc::new(client);
                 match client.batch_execute(&format!("LISTEN \"{channel}\"")).await {
                     Ok(()) => {
                         backoff = Duration::from_millis(50);
+                        let generation = waiters.generation.fetch_add(1, Ordering::AcqRel) + 1;
+                        *waiters.session.lock() = Some((client.clone(), generation));
                         waiters.set_up(true);
                         let _ = driver.await;
+                        *waiters.session.lock() = None;
                         waiters.set_up(false);
                     }
                     Err(e) => {

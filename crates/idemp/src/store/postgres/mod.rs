@@ -29,13 +29,20 @@
 //!   instant: every claim and completion would insert at its right-most page (expiry
 //!   instants only grow) and completions could not be HOT updates; dropping it gained
 //!   10-20 % of settled executions per second in pgbench runs at 16 clients.
-//! * **`wait`**: a waiter marks the row `watched`, and settling a watched row sends a
-//!   `NOTIFY` from the same statement. One LISTEN connection per store fans
-//!   notifications out to in-process waiters; they re-check every
-//!   [`PostgresOptions::wait_recheck`], poll while the listener is down, and ride out
-//!   transient errors until their deadline. (Postgres
-//!   serialises the commits of notifying transactions on a database-wide lock, which
-//!   would cap throughput at one commit per WAL flush, hence the flag.)
+//! * **`wait`**: a waiter never writes the row (so it neither queues behind an owner's
+//!   row lock nor breaks an owner's REPEATABLE READ / SERIALIZABLE transaction): it
+//!   holds a shared advisory lock on a hash of the record's name, on the store's
+//!   LISTEN connection, from before its first read until it returns. Settling,
+//!   releasing or purging a row tries the exclusive lock on that hash in the same
+//!   statement and sends a `NOTIFY` when a waiter holds it (whoever owns the row by
+//!   then: a release and re-claim does not lose the waiter). One LISTEN connection per
+//!   store fans notifications out to in-process waiters; they re-check every
+//!   [`PostgresOptions::wait_recheck`], poll while the listener is down, ride out
+//!   transient errors, and return by their deadline whatever the server does (the
+//!   last record seen, or `Unavailable` when none could be read). (Postgres serialises
+//!   the commits of notifying transactions on a database-wide lock: in a pgbench run at
+//!   16 clients on 2 cores an UPDATE that also notifies ran 5-13x slower, hence the
+//!   notification only when someone waits.)
 //! * **Exactly once for database effects**: [`PostgresStore::complete_in`] settles the
 //!   record inside the caller's transaction, so the effect and its completion commit
 //!   (or roll back) together.
@@ -123,6 +130,10 @@ pub struct PostgresOptions {
     pub application_name: String,
     /// Connect timeout (default 5 s).
     pub connect_timeout: Duration,
+    /// How long an operation waits for a free pooled connection before it fails with
+    /// [`StoreError::Unavailable`] (default 5 s; a `wait` never waits past its own
+    /// deadline).
+    pub acquire_timeout: Duration,
 }
 
 impl Default for PostgresOptions {
@@ -137,6 +148,7 @@ impl Default for PostgresOptions {
             clock: None,
             application_name: "idemp".into(),
             connect_timeout: Duration::from_secs(5),
+            acquire_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -150,6 +162,7 @@ impl fmt::Debug for PostgresOptions {
             .field("sweep_batch", &self.sweep_batch)
             .field("tombstone_retention", &self.tombstone_retention)
             .field("wait_recheck", &self.wait_recheck)
+            .field("acquire_timeout", &self.acquire_timeout)
             .field("client_clock", &self.clock.is_some())
             .field("application_name", &self.application_name)
             .field("connect_timeout", &self.connect_timeout)
@@ -201,6 +214,11 @@ impl PostgresOptions {
     /// Sets the connect timeout.
     pub fn connect_timeout(mut self, d: Duration) -> Self {
         self.connect_timeout = d;
+        self
+    }
+    /// Sets [`acquire_timeout`](Self::acquire_timeout).
+    pub fn acquire_timeout(mut self, d: Duration) -> Self {
+        self.acquire_timeout = d;
         self
     }
 }
@@ -311,6 +329,9 @@ fn pg_error(op: &str, e: tokio_postgres::Error) -> StoreError {
             c if c.starts_with("08") || c.starts_with("57P") || c.starts_with("53") => {
                 StoreError::Unavailable(what)
             }
+            // statement timeout / cancel request, lock timeout: the server gave up on
+            // this statement; trying again later may succeed
+            "57014" | "55P03" => StoreError::Unavailable(format!("{what}: cancelled or timed out")),
             // serialization failure / deadlock: the caller's transaction must be retried
             "40001" | "40P01" => StoreError::Unavailable(format!(
                 "{what}: a concurrent transaction touched the record; retry the transaction"
@@ -479,6 +500,7 @@ impl PostgresStore {
             .max_size(opts.pool_size.max(1))
             .runtime(Runtime::Tokio1)
             .create_timeout(Some(opts.connect_timeout))
+            .wait_timeout(Some(opts.acquire_timeout))
             .recycle_timeout(Some(opts.connect_timeout))
             .build()
             .map_err(|e| StoreError::Invalid(format!("postgres pool: {e}")))?;
@@ -553,6 +575,14 @@ impl PostgresStore {
     /// The transaction may come from any connection to the same database (for example
     /// `store.pool().get().await?.transaction().await?`, which derefs to
     /// `tokio_postgres::Transaction`). One round trip (an unnamed, typed statement).
+    ///
+    /// Waiters and duplicate claims never write the record, so they cannot make a
+    /// `REPEATABLE READ` or `SERIALIZABLE` transaction fail. The owner's own lease
+    /// renewals (the guard's heartbeat, every lease / 3) do write it: one committed
+    /// after such a transaction took its snapshot makes this call fail with a
+    /// serialization error ([`StoreError::Unavailable`], retry the transaction). Start
+    /// the transaction after the work and keep it shorter than the renewal period, or
+    /// use `READ COMMITTED` (the default), where renewals are harmless.
     pub async fn complete_in(
         &self,
         tx: &tokio_postgres::Transaction<'_>,
@@ -1205,32 +1235,54 @@ impl Store for PostgresStore {
         // A timeout too large to represent (e.g. `Duration::MAX`) means "no deadline".
         let deadline = tokio::time::Instant::now().checked_add(timeout);
         let registration = self.core.waiters.register(id);
+        let name = listen::presence_name(&self.core.channel, id);
+        let mut presence: Option<listen::Presence> = None;
         let mut poll_delay = Duration::from_millis(2);
-        let mut marked = false;
+        let mut last: Option<Record> = None;
         loop {
             // Enabled before reading, so a notification sent after the read wakes us.
             let notified = registration.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let listening = self.core.waiters.is_up();
-            // One look at the record; a transient error (a killed connection, a
-            // restarting server) is retried until the deadline, then returned.
+            // One look at the record, bounded by the deadline: announce the waiter
+            // (once per listener session; never a write to the row, so neither an
+            // owner's row lock nor its transaction is in the way), then a plain read.
+            // A transient error (a killed connection, a restarting server) is retried
+            // until the deadline, then returned.
             let look = async {
-                if listening && !marked {
-                    // Ask the settling statement to NOTIFY. Ordered on the row lock with
-                    // that statement: either it sees the mark, or the read below sees
-                    // the record settled. (Idempotent, so safe to repeat.)
-                    self.core
-                        .query("wait", &self.core.sql.watch, &[&id.scope, &id.key], false)
-                        .await?;
-                    marked = true;
+                if !presence
+                    .as_ref()
+                    .is_some_and(|p| p.is_held(&self.core.waiters))
+                {
+                    presence = None;
+                    if self.core.waiters.is_up() {
+                        presence = Some(self.core.waiters.hold(name.clone()).await);
+                    }
                 }
                 self.get(id).await
             };
-            let failure = match look.await {
-                Ok(record) => match &record {
-                    Some(r) if !r.state.is_settled() => Ok(record),
-                    _ => return Ok(record),
+            let left = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
+            let looked = match left {
+                Some(left) => match tokio::time::timeout(left, look).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        return match last {
+                            Some(r) => Ok(Some(r)),
+                            None => Err(StoreError::Unavailable(format!(
+                                "postgres wait: no answer within the {timeout:?} timeout"
+                            ))),
+                        };
+                    }
+                },
+                None => look.await,
+            };
+            let failure = match looked {
+                Ok(record) => match record {
+                    Some(r) if !r.state.is_settled() => {
+                        last = Some(r.clone());
+                        Ok(Some(r))
+                    }
+                    other => return Ok(other),
                 },
                 Err(e) if e.is_transient() => Err(e),
                 Err(e) => return Err(e),
@@ -1241,7 +1293,10 @@ impl Store for PostgresStore {
                 Some(d) => d - now,
                 None => Duration::MAX,
             };
-            let slice = if listening && failure.is_ok() {
+            let held = presence
+                .as_ref()
+                .is_some_and(|p| p.is_held(&self.core.waiters));
+            let slice = if held && failure.is_ok() {
                 self.core.opts.wait_recheck
             } else {
                 let d = poll_delay;

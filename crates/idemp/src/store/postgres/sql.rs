@@ -198,15 +198,29 @@ SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM note),
        COALESCE((SELECT lease_until = 1 FROM upd), false)
 "#;
 
-/// The notification of a settled, released or purged row that a waiter watches.
+/// The notification of a settled, released or purged row that someone may wait for.
 /// The payload is `<chars in scope>:<scope><key>`, or `*` (wake every waiter) when too
 /// long for a NOTIFY payload.
+///
+/// Waiters never write the row (that would break an owner's REPEATABLE READ or
+/// SERIALIZABLE transaction, and queue behind its row lock): each holds a shared
+/// advisory lock on the hash of its presence name (`listen::presence_name`) from
+/// before its first read until it returns. After changing the row, this statement
+/// tries the exclusive lock on that hash: it fails while a waiter is present, and the
+/// statement notifies. When it succeeds, no waiter was present at that moment and the
+/// lock (held until commit) makes a waiter that comes before the commit poll; a waiter
+/// that comes after the commit reads the settled row. Advisory locks ignore snapshots,
+/// so this holds inside the owner's own transaction too. (`watched` is still honoured
+/// for waiters of earlier versions.)
 const NOTE: &str = r#"note AS (
   SELECT pg_notify('__CHANNEL__',
            CASE WHEN octet_length($2::text) + octet_length($3::text) < 7900
                 THEN length($2::text)::text || ':' || $2::text || $3::text
                 ELSE '*' END)
-  FROM upd WHERE upd.watched
+  FROM upd
+  WHERE upd.watched
+     OR NOT pg_try_advisory_xact_lock(hashtextextended(
+              '__CHANNEL__/' || octet_length($2::text)::text || ':' || $2::text || $3::text, 0))
 )"#;
 
 /// Get: `$1` now, `$2` scope, `$3` key.
@@ -223,12 +237,6 @@ const CURRENT: &str = r#"
 WITH __NOW__
 SELECT r.token FROM __SCHEMA__.records r, now
 WHERE r.scope = $2::text AND r.key = $3::text AND r.state < 3 AND r.expires_at > now.ms
-"#;
-
-/// Marks an in-progress row as watched: `$1` scope, `$2` key.
-const WATCH: &str = r#"
-UPDATE __SCHEMA__.records SET watched = true
-WHERE scope = $1::text AND key = $2::text AND state = 0 AND NOT watched
 "#;
 
 /// List: `$1` now, `$2` scope, `$3` key prefix, `$4`/`$5` after (scope, key), `$6` limit.
@@ -281,7 +289,6 @@ pub(super) struct Sql {
     pub purge: String,
     pub get: String,
     pub current: String,
-    pub watch: String,
     pub list: String,
     pub stats: String,
     pub sweep: String,
@@ -309,7 +316,6 @@ impl Sql {
             purge: fill(PURGE),
             get: fill(GET),
             current: fill(CURRENT),
-            watch: fill(WATCH),
             list: fill(LIST),
             stats: fill(STATS),
             sweep: fill(SWEEP),
@@ -339,7 +345,6 @@ mod tests {
             &sql.purge,
             &sql.get,
             &sql.current,
-            &sql.watch,
             &sql.list,
             &sql.stats,
             &sql.sweep,

@@ -35,17 +35,26 @@
 //!   not depend on the workers' clocks (a worker whose clock is off by a minute still
 //!   sees the same leases). [`RedisStore::with_clock`] replaces it by a client clock
 //!   for tests.
-//! * **Fencing tokens** are a hybrid logical clock: `token = max(previous + 1, now_ms)`.
-//!   `release` and `purge` leave a tombstone holding the last token until the clock
-//!   has passed it (plus a guard of a few seconds), and settled records are kept at
-//!   least as long, so a token is never issued twice for a key even though the record
-//!   itself is gone. Tokens therefore look like timestamps; they only ever grow.
+//! * **Fencing tokens** are a hybrid logical clock in microseconds:
+//!   `token = max(previous + 1, now_us)`. `release` and `purge` leave a tombstone
+//!   holding the last token until the clock has passed it (plus a guard of a few
+//!   seconds), and settled records are kept at least as long, so a token is never
+//!   issued twice for a key even though the record itself is gone. A key would need
+//!   more than one claim per microsecond to run ahead of the clock, so tokens do not
+//!   depend on data a restart or a failover can lose: after one that lost every
+//!   record, new tokens still exceed every token issued before and a stale owner is
+//!   fenced (as long as the server's clock does not go back). Tokens therefore look
+//!   like timestamps in microseconds; they only ever grow. (Versions that issued
+//!   millisecond tokens let a hot key run them seconds ahead of the clock; their
+//!   records are still read, and the next token of such a key jumps to the
+//!   microsecond clock.)
 //! * **Expiry is native** (`PEXPIRE`): a settled record lives `ttl` after settling;
-//!   an in-progress record lives `max(lease, ttl)` after its last claim or renewal.
-//!   An abandoned in-progress record thus stays visible as *ambiguous* after its lease
-//!   passes (so a takeover, or `on_ambiguous`, can see that a previous attempt may have
-//!   run), and is reclaimed by Redis once its ttl passes too, like a settled record
-//!   nobody asks about. Scripts also compare `expires` with the clock, so a record is
+//!   an in-progress record lives `lease + ttl` after its last claim or renewal, i.e.
+//!   until `lease_until + ttl` as in every store. An abandoned in-progress record thus
+//!   stays visible as *ambiguous* for `ttl` after its lease passes, however short the
+//!   ttl is next to the lease (so a takeover, or `on_ambiguous`, can see that a
+//!   previous attempt may have run, and its owner may still settle it), and is then
+//!   reclaimed by Redis like a settled record nobody asks about. Scripts also compare `expires` with the clock, so a record is
 //!   invisible from the exact millisecond it expires. [`Store::sweep`] returns 0.
 //! * **Notifications**: [`Store::wait`] marks the in-progress record as waited for
 //!   (field `w`, in the same script that reads it); settle/release/purge of a marked
@@ -808,6 +817,8 @@ fn parse_record(id: &RecordKey, f: &[Value]) -> StoreResult<Record> {
         _ => None,
     };
     let token = num(1, "token")?;
+    // `created` is absent only in fresh claims of earlier versions, whose millisecond
+    // token was the claim's clock.
     let created_at = opt(4).unwrap_or(token);
     let since = opt(5).unwrap_or(created_at);
     let outcome = || -> StoreResult<Outcome> {
@@ -883,7 +894,11 @@ impl Store for RedisStore {
                     .arg(ms(claim.ttl))
                     .arg(if claim.take_over_expired { "1" } else { "0" })
                     .arg(self.now_arg())
-                    .arg(ms(claim.lease).max(ms(claim.ttl)).max(self.guard()))
+                    .arg(
+                        ms(claim.lease)
+                            .saturating_add(ms(claim.ttl))
+                            .max(self.guard()),
+                    )
                     .arg(self.guard()),
                 id,
             )
@@ -892,7 +907,8 @@ impl Store for RedisStore {
             // a fresh claim: the token is the server's clock
             return Ok(ClaimOutcome::Acquired {
                 token,
-                lease_until: token.saturating_add(ms(claim.lease)),
+                // A fresh claim's token is the clock in microseconds.
+                lease_until: (token / 1000).saturating_add(ms(claim.lease)),
                 takeover: None,
                 attempt: 1,
             });
@@ -1084,7 +1100,7 @@ impl Store for RedisStore {
     }
 
     async fn wait(&self, id: &RecordKey, timeout: Duration) -> StoreResult<Option<Record>> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = crate::store::deadline_after(timeout);
         let (key, digest) = self.layout.locate(id);
         let registration = self.notifier.register(&digest);
         self.notifier

@@ -71,6 +71,9 @@ mod writer;
 pub use rusqlite;
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 
+/// The longest [`batch_linger`](SqliteStoreBuilder::batch_linger) a store accepts.
+pub const MAX_BATCH_LINGER: Duration = Duration::from_secs(1);
+
 use waiters::{WaitGuard, Waiters};
 use writer::{Counters, Job, Op, Reply, Writer};
 
@@ -187,6 +190,18 @@ impl SqliteStoreBuilder {
     }
     /// How long the writer waits for more operations before committing a batch
     /// (default 0: commit what is there; the fsync itself lets the next batch grow).
+    /// At most [`MAX_BATCH_LINGER`] (1 s): [`open`](Self::open) refuses a longer one
+    /// with [`StoreError::Invalid`].
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use idemp::store::sqlite::SqliteStore;
+    /// let dir = tempfile::tempdir()?;
+    /// let too_long = SqliteStore::builder(dir.path().join("a.db")).batch_linger(Duration::MAX).open();
+    /// assert!(matches!(too_long, Err(idemp::store::StoreError::Invalid(_))));
+    /// # Ok(()) }
+    /// ```
     pub fn batch_linger(mut self, d: Duration) -> Self {
         self.opts.batch_linger = d;
         self
@@ -311,6 +326,12 @@ impl SqliteStore {
     }
 
     fn open_with(path: PathBuf, opts: SqliteOptions) -> StoreResult<Self> {
+        if opts.batch_linger > MAX_BATCH_LINGER {
+            return Err(StoreError::Invalid(format!(
+                "batch_linger {:?} is longer than the maximum {MAX_BATCH_LINGER:?} (every write would wait that long)",
+                opts.batch_linger
+            )));
+        }
         if !opts.create_if_missing && !path.exists() {
             return Err(StoreError::Unavailable(format!(
                 "no such store: {} does not exist",
@@ -649,7 +670,7 @@ impl Store for SqliteStore {
     /// [`wait_poll_interval`](SqliteStoreBuilder::wait_poll_interval) (25 ms by
     /// default).
     async fn wait(&self, id: &RecordKey, timeout: Duration) -> StoreResult<Option<Record>> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = crate::store::deadline_after(timeout);
         let guard = WaitGuard {
             waiters: &self.inner.waiters,
             id,

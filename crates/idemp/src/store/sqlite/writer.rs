@@ -139,7 +139,10 @@ impl Writer {
                 }
             }
         }
-        let deadline = Instant::now() + self.linger;
+        // `open` caps the linger; a linger that still cannot be added commits now.
+        let Some(deadline) = Instant::now().checked_add(self.linger) else {
+            return;
+        };
         while batch.len() < self.max_batch {
             let now = Instant::now();
             if now >= deadline {

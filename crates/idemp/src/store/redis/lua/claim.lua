@@ -1,34 +1,35 @@
 -- claim: KEYS[1] record.
 -- ARGV: 1 id, 2 fingerprint (raw bytes or ''), 3 lease ms, 4 ttl ms,
---       5 take over expired ('1'/'0'), 6 now override, 7 max(lease, ttl, guard) ms,
+--       5 take over expired ('1'/'0'), 6 now override, 7 max(lease + ttl, guard) ms,
 --       8 guard ms.
--- Reply: token (an integer: a fresh claim whose token is the clock, lease_until =
---        token + lease; the common case, kept small)
+-- Reply: token (an integer: a fresh claim whose token is the clock in microseconds,
+--        lease_until = token / 1000 + lease; the common case, kept small)
 --      | {1, token, lease_until, previous token (0: none), attempt}
 --      | {2, now, fields...} existing | {3, now, fields...} fingerprint mismatch.
 local k = KEYS[1]
-local now, now_s = clock(ARGV[6])
+local now, now_s, now_us = clock(ARGV[6])
 local state = redis.call('HGET', k, 'state')
 
 if not state and now >= 1 then
-  -- fast path: a fresh key; token = created = since = now
+  -- fast path: a fresh key; token = now_us, created = since = now
+  local token_s = fmt('%d', now_us)
   if ARGV[2] == '' then
-    redis.call('HSET', k, 'state', 'p', 'token', now_s, 'id', ARGV[1], 'lease', ARGV[3],
-      'ttl', ARGV[4])
+    redis.call('HSET', k, 'state', 'p', 'token', token_s, 'created', now_s, 'id', ARGV[1],
+      'lease', ARGV[3], 'ttl', ARGV[4])
   else
-    redis.call('HSET', k, 'state', 'p', 'token', now_s, 'id', ARGV[1], 'lease', ARGV[3],
-      'ttl', ARGV[4], 'fp', ARGV[2])
+    redis.call('HSET', k, 'state', 'p', 'token', token_s, 'created', now_s, 'id', ARGV[1],
+      'lease', ARGV[3], 'ttl', ARGV[4], 'fp', ARGV[2])
   end
   redis.call('PEXPIRE', k, ARGV[7])
-  return now
+  return now_us
 end
 
 local h = redis.call('HMGET', k, 'state', 'token', 'id', 'fp', 'lease', 'ttl', 'settled',
   'attempts', 'created', 'since', 'w')
 local seq = tonumber(h[2]) or 0
 local token = seq + 1
-if now > token then
-  token = now
+if now_us > token then
+  token = now_us
 end
 local lease = tonumber(ARGV[3])
 local ttl = tonumber(ARGV[4])
@@ -70,9 +71,7 @@ end
 if waited then
   redis.call('HSET', k, 'w', '1')
 end
-local retain = lease
-if ttl > retain then
-  retain = ttl
-end
+-- kept until lease_until + ttl: an abandoned record stays ambiguous for its ttl
+local retain = lease + ttl
 keep(k, retain, token, now, tonumber(ARGV[8]))
 return {1, token, now + lease, prev, attempts}

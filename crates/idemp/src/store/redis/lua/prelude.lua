@@ -6,21 +6,27 @@
 --   id       '<byte length of scope>:<scope><key>' (checked against the caller's)
 --   fp       raw 32-byte SHA-256 of the payload (absent: none)
 --   attempts acquisitions of the key (absent: 1)
---   created  when first claimed, ms (absent: token, which is the claim's clock)
+--   created  when first claimed, ms (absent only in records of earlier versions, whose
+--            fresh claims had a millisecond token equal to the claim's clock)
 --   since    when the current lease started (claim or renew), ms (absent: created)
 --   lease    lease length, ms: lease_until = since + lease
 --   ttl      retention, ms: of a settled record from `settled`, of an in-progress one
---            from its claim (physically)
+--            from its lease_until (physically: lease + ttl from its claim or renewal)
 --   settled  when completed or failed, ms: expires = settled + ttl
 --   enc      '<codec>:<compression>' of the outcome
 --   outcome  the outcome bytes
 --   w        present while someone waits: only then do settle, release and purge
 --            publish a notification
 --
--- Tokens are hybrid logical clock values: token = max(previous token + 1, now_ms).
--- The previous token survives a release or purge in a tombstone (state 't') that is
--- kept until the clock has passed it (plus a guard), so tokens stay strictly
--- increasing per key even after the record is gone.
+-- Tokens are hybrid logical clock values in microseconds:
+-- token = max(previous token + 1, now_us). The previous token survives a release or
+-- purge in a tombstone (state 't') that is kept until the clock has passed it (plus a
+-- guard), so tokens stay strictly increasing per key even after the record is gone.
+-- A key would need more than one claim per microsecond to run ahead of the clock,
+-- which no server serves: so a restart or failover that loses the records (and their
+-- tombstones) still issues tokens above every token issued before, as long as the
+-- server's clock does not go back. (Earlier versions issued milliseconds, which a hot
+-- key ran seconds ahead of the clock; such tokens are still read, see token_ms.)
 --
 -- The hot paths (fresh claim, settle) store times as the strings TIME gives and
 -- durations as the caller passed them: formatting a Lua number costs about a
@@ -30,13 +36,24 @@ local fmt = string.format
 -- The clock: milliseconds since the epoch from the server's TIME (one clock for
 -- every worker), or the caller's override (tests). Returns the number and its
 -- decimal string.
+-- Also returns the same instant in microseconds (the tokens' unit).
 local function clock(override)
   if override ~= '' then
-    return tonumber(override), override
+    local ms = tonumber(override)
+    return ms, override, ms * 1000
   end
   local t = redis.call('TIME')
   local s = t[1] .. string.sub('00000' .. t[2], -6, -4)
-  return tonumber(s), s
+  return tonumber(s), s, tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+-- The instant of a token in ms: tokens are microseconds, those of earlier versions
+-- milliseconds (told apart by their size next to the clock's ms).
+local function token_ms(token, now)
+  if token >= now * 500 then
+    return math.floor(token / 1000)
+  end
+  return token
 end
 
 -- Whether a record is visible at `now`.
@@ -53,7 +70,7 @@ end
 -- Physical retention: at least `ms`, and at least until the clock has passed the
 -- record's token by `guard` ms (the token counter must outlive every issued token).
 local function keep(k, ms, token, now, guard)
-  local lead = token - now + guard
+  local lead = token_ms(token, now) - now + guard
   if lead > ms then
     ms = lead
   end

@@ -9,9 +9,7 @@ if h[1] ~= 'p' or h[2] ~= ARGV[1] then
 end
 local lease = tonumber(ARGV[2])
 redis.call('HSET', k, 'since', now_s, 'lease', ARGV[2])
-local retain = tonumber(h[4]) or 0
-if lease > retain then
-  retain = lease
-end
+-- kept until the new lease_until + ttl (see claim)
+local retain = lease + (tonumber(h[4]) or 0)
 keep(k, retain, tonumber(ARGV[1]), now, tonumber(ARGV[4]))
 return {1, now + lease}

@@ -13,7 +13,7 @@ end
 redis.call('HSET', k, 'state', ARGV[2], 'outcome', ARGV[3], 'enc', ARGV[4],
   'settled', now_s, 'ttl', ARGV[5])
 local token = tonumber(ARGV[1])
-if token > now then
+if token_ms(token, now) > now then
   -- the token ran ahead of the clock: keep its counter until the clock passes it
   keep(k, tonumber(ARGV[5]), token, now, tonumber(ARGV[8]))
 else
