@@ -408,6 +408,17 @@ pub enum StoreError {
     /// An argument the store cannot accept (key too long, empty key…).
     #[error("invalid argument: {0}")]
     Invalid(String),
+    /// A bounded store is full of records in progress, so a claim of a new key was
+    /// refused (nothing was stored). Transient: retry once some of them settle. Only
+    /// a [`MemoryStore`] built with
+    /// [`max_entries`](memory::MemoryStoreBuilder::max_entries) returns it.
+    #[error(
+        "store full: every record of its share of the {max_entries}-record bound is in progress; retry when one settles, or raise max_entries"
+    )]
+    Capacity {
+        /// The store's bound.
+        max_entries: usize,
+    },
     /// Any other backend error.
     #[error("store error: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -420,7 +431,10 @@ impl StoreError {
     }
     /// Whether retrying the same operation later may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        matches!(
+            self,
+            StoreError::Unavailable(_) | StoreError::Capacity { .. }
+        )
     }
 }
 
@@ -590,7 +604,9 @@ pub enum OpenError {
     Store(#[from] StoreError),
 }
 
-/// Opens a store from a URL: `memory:`, `sqlite://PATH`, `redis://HOST:PORT/DB`,
+/// Opens a store from a URL: `memory:` (bounded to
+/// [`DEFAULT_URL_MAX_ENTRIES`](memory::DEFAULT_URL_MAX_ENTRIES) records unless
+/// `?max_entries=N` says otherwise), `sqlite://PATH`, `redis://HOST:PORT/DB`,
 /// `redis+cluster://HOST:PORT,HOST:PORT`, `postgres://USER@HOST:PORT/DB`.
 ///
 /// ```
@@ -607,7 +623,11 @@ pub async fn open(url: &str) -> Result<DynStore, OpenError> {
 /// Opens a parsed store URL.
 pub async fn open_parsed(url: &StoreUrl) -> Result<DynStore, OpenError> {
     match url {
-        StoreUrl::Memory => Ok(Arc::new(MemoryStore::new())),
+        StoreUrl::Memory { max_entries } => Ok(Arc::new(
+            MemoryStore::builder()
+                .max_entries(max_entries.unwrap_or(memory::DEFAULT_URL_MAX_ENTRIES))
+                .build(),
+        )),
         #[cfg(feature = "sqlite")]
         StoreUrl::Sqlite { path } => Ok(Arc::new(sqlite::SqliteStore::open(path)?)),
         #[cfg(not(feature = "sqlite"))]

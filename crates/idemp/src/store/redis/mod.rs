@@ -252,7 +252,7 @@ impl RedisStore {
     /// Connects using a parsed store URL and options.
     pub async fn connect_with(url: &StoreUrl, options: RedisOptions) -> StoreResult<Self> {
         let (conn, url_prefix, pubsub_clients) = match url {
-            StoreUrl::Redis { url: u, prefix } => {
+            StoreUrl::Redis { url: u, prefix, .. } => {
                 let client = ::redis::Client::open(u.as_str())
                     .map_err(|e| StoreError::Invalid(format!("redis URL {url}: {e}")))?;
                 let config = ConnectionManagerConfig::new()
