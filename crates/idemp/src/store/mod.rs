@@ -419,6 +419,23 @@ pub enum StoreError {
         /// The store's bound.
         max_entries: usize,
     },
+    /// A write was applied on the Redis primary, but fewer replicas than required
+    /// acknowledged it in time (`wait_replicas`). **Its outcome is unknown**: it is
+    /// visible now but may be lost by a failover. Transient; see
+    /// `store::redis::replicas` for what a retry finds.
+    #[error(
+        "write to {id} not confirmed by replicas: {acked} of {wanted} acknowledged within {timeout:?}; it is applied on the primary but may not survive a failover (outcome unknown)"
+    )]
+    NotReplicated {
+        /// The record.
+        id: RecordKey,
+        /// How many replicas had to acknowledge.
+        wanted: u32,
+        /// How many did.
+        acked: u32,
+        /// How long the store waited.
+        timeout: Duration,
+    },
     /// Any other backend error.
     #[error("store error: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -433,7 +450,9 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            StoreError::Unavailable(_) | StoreError::Capacity { .. }
+            StoreError::Unavailable(_)
+                | StoreError::Capacity { .. }
+                | StoreError::NotReplicated { .. }
         )
     }
 }
