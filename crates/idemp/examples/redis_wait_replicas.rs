@@ -33,9 +33,16 @@ fn free_port() -> Result<u16, Box<dyn std::error::Error>> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn start_server(port: u16, extra: &[String]) -> Result<Server, Box<dyn std::error::Error>> {
+fn start_server(
+    port: u16,
+    dir: &std::path::Path,
+    extra: &[String],
+) -> Result<Server, Box<dyn std::error::Error>> {
+    // The replica keeps the RDB of its full sync in `dir`, never in the working directory.
     let child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .arg("--dir")
+        .arg(dir)
         .args(["--save", "", "--appendonly", "no"])
         .args(extra)
         .stdout(Stdio::null())
@@ -98,9 +105,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .transpose()?
         .unwrap_or(3.0);
     let (p1, p2) = (free_port()?, free_port()?);
-    let _primary = start_server(p1, &[])?;
+    let (d1, d2) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let _primary = start_server(p1, d1.path(), &[])?;
     let _replica = start_server(
         p2,
+        d2.path(),
         &["--replicaof".into(), "127.0.0.1".into(), p1.to_string()],
     )?;
     let deadline = Instant::now() + Duration::from_secs(30);
