@@ -554,3 +554,180 @@ proptest! {
         })?;
     }
 }
+
+// ---- bounded store (`max_entries`) ----
+
+/// Claims and completes `per_task` unique keys in each of `tasks` tasks; returns how
+/// many claims were refused with `Capacity`.
+async fn unique_key_storm(
+    store: &Arc<MemoryStore>,
+    tag: &str,
+    tasks: usize,
+    per_task: usize,
+) -> u64 {
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let store = store.clone();
+        let tag = tag.to_string();
+        handles.push(tokio::spawn(async move {
+            let mut refused = 0u64;
+            for i in 0..per_task {
+                let key = id(&format!("{tag}-{t}-{i}"));
+                match store.claim(&Claim::new(key.clone())).await {
+                    Ok(ClaimOutcome::Acquired { token, .. }) => store
+                        .complete(&key, token, outcome(b"ok"), HOUR)
+                        .await
+                        .unwrap(),
+                    Ok(other) => panic!("{key}: a unique key found {other:?}"),
+                    Err(StoreError::Capacity { .. }) => refused += 1,
+                    Err(e) => panic!("{key}: {e}"),
+                }
+                if i % 64 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            refused
+        }));
+    }
+    let mut refused = 0;
+    for h in handles {
+        refused += h.await.unwrap();
+    }
+    refused
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bound_holds_under_a_storm_of_unique_keys() {
+    let max = 1_000;
+    let store = Arc::new(MemoryStore::builder().shards(4).max_entries(max).build());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Samples the count while the storm runs: it never exceeds the bound.
+    let sampler = {
+        let (store, stop) = (store.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut samples, mut peak) = (0u64, 0usize);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(store.entry_count());
+                samples += 1;
+                tokio::task::yield_now().await;
+            }
+            (samples, peak)
+        })
+    };
+    let (tasks, per_task) = (8, 2_500);
+    let refused = unique_key_storm(&store, "storm", tasks, per_task).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (samples, peak) = sampler.await.unwrap();
+    assert!(samples > 0);
+    assert!(peak <= max, "peak {peak} > {max}");
+    assert_eq!(refused, 0, "settled records can always make room");
+    let held = store.entry_count();
+    assert!(held <= max && held > max / 2, "{held}");
+    // Nothing expired (1 h ttl): every record that left was evicted.
+    assert_eq!(store.evictions(), (tasks * per_task - held) as u64);
+    assert_eq!(store.stats().await.unwrap().completed, held as u64);
+    // The newest records replay.
+    for i in 0..20 {
+        let key = id(&format!("after-{i}"));
+        let token = acquire(&store, &Claim::new(key.clone())).await;
+        store
+            .complete(&key, token, outcome(b"new"), HOUR)
+            .await
+            .unwrap();
+    }
+    for i in 0..20 {
+        let rec = store.get(&id(&format!("after-{i}"))).await.unwrap();
+        assert_eq!(
+            rec.map(|r| r.state),
+            Some(State::Completed(outcome(b"new")))
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_progress_records_are_never_evicted() {
+    let store = Arc::new(MemoryStore::builder().shards(2).max_entries(600).build());
+    // 200 owners hold their claims while 16,000 unique keys pass through.
+    let mut owners = Vec::new();
+    for i in 0..200 {
+        let key = id(&format!("held-{i}"));
+        owners.push((key.clone(), acquire(&store, &Claim::new(key)).await));
+    }
+    let refused = unique_key_storm(&store, "pass", 8, 2_000).await;
+    assert!(store.evictions() >= 16_000 - 600, "{}", store.evictions());
+    // A shard holds up to 300: with ≤ 200 held it always found a settled record.
+    assert_eq!(refused, 0);
+    for (key, token) in &owners {
+        let rec = store
+            .get(key)
+            .await
+            .unwrap()
+            .expect("a held record was evicted");
+        assert_eq!(rec.token, *token);
+        assert!(!rec.state.is_settled());
+        store
+            .complete(key, *token, outcome(b"mine"), HOUR)
+            .await
+            .unwrap();
+    }
+    // Settled now: they become evictable like any other.
+    let before = store.evictions();
+    unique_key_storm(&store, "again", 4, 1_000).await;
+    assert_eq!(store.evictions() - before, 4_000);
+    let survivors = owners.iter().filter(|(k, _)| {
+        futures_util::FutureExt::now_or_never(store.get(k))
+            .and_then(|r| r.unwrap())
+            .is_some()
+    });
+    assert_eq!(survivors.count(), 0, "4,000 newer records pushed them out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_full_of_in_progress_records_refuses_new_keys_without_growing() {
+    let store = Arc::new(MemoryStore::builder().shards(1).max_entries(64).build());
+    let mut owners = Vec::new();
+    for i in 0..64 {
+        let key = id(&format!("held-{i}"));
+        owners.push((key.clone(), acquire(&store, &Claim::new(key)).await));
+    }
+    let refused = unique_key_storm(&store, "refused", 4, 250).await;
+    assert_eq!(refused, 1_000, "every new key is refused");
+    assert_eq!((store.entry_count(), store.evictions()), (64, 0));
+    // Existing keys are still answered, and the owners are untouched.
+    match store.claim(&Claim::new(owners[0].0.clone())).await.unwrap() {
+        ClaimOutcome::Existing(rec) => assert_eq!(rec.token, owners[0].1),
+        other => panic!("{other:?}"),
+    }
+    // One release makes room for exactly one new key.
+    store.release(&owners[0].0, owners[0].1).await.unwrap();
+    acquire(&store, &Claim::new(id("fits"))).await;
+    assert!(matches!(
+        store.claim(&Claim::new(id("does-not"))).await,
+        Err(StoreError::Capacity { max_entries: 64 })
+    ));
+}
+
+#[tokio::test]
+async fn a_memory_url_opens_a_bounded_store() {
+    let store = idemp::store::open("memory:?max_entries=2").await.unwrap();
+    for k in ["a", "b"] {
+        assert!(matches!(
+            store.claim(&Claim::new(id(k))).await.unwrap(),
+            ClaimOutcome::Acquired { .. }
+        ));
+    }
+    let err = store.claim(&Claim::new(id("c"))).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::Capacity { max_entries: 2 }),
+        "{err}"
+    );
+    assert!(err.is_transient(), "{err}");
+    let bad = match idemp::store::open("memory:?max_entries=none").await {
+        Err(e) => e.to_string(),
+        Ok(s) => panic!("opened {s:?}"),
+    };
+    assert!(
+        bad.contains("max_entries=none") && bad.contains("whole number"),
+        "{bad}"
+    );
+}

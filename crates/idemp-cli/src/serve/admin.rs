@@ -18,6 +18,7 @@
 //! | `idemp_claims_total`, `idemp_replays_total`, `idemp_conflicts_total`, `idemp_mismatches_total`, `idemp_takeovers_total`, `idemp_fenced_total` | |
 //! | `idemp_store_latency_seconds` (histogram) | `op` (claim, complete, release, renew, wait), `ok` |
 //! | `idemp_swept_records_total` | expired records removed by the sweeper |
+//! | `idemp_store_entries` (gauge), `idemp_store_max_entries` (gauge), `idemp_store_evictions_total` | memory store only: records held (expired ones not yet removed included), its bound, settled records evicted to make room |
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -32,8 +33,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use idemp::http::{Disposition, Event, Observer, StoreOp};
-use idemp::store::{DynStore, RecordKey};
-use metrics::{Counter, Histogram, Key, Label, Metadata, Recorder};
+use idemp::store::{DynStore, MemoryStore, RecordKey};
+use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
@@ -59,6 +60,17 @@ pub struct Metrics {
     latency: HashMap<(StoreOp, bool), Histogram>,
     requests: HashMap<(&'static str, &'static str), Counter>,
     swept: Counter,
+    /// The recorder, to register the memory store's metrics later.
+    recorder: PrometheusRecorder,
+    memory: Option<MemoryGauges>,
+}
+
+/// The metrics of a memory store, read from it at each render.
+struct MemoryGauges {
+    store: Arc<MemoryStore>,
+    entries: Gauge,
+    max_entries: Gauge,
+    evictions: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -150,7 +162,30 @@ impl Metrics {
             latency,
             requests,
             swept,
+            recorder,
+            memory: None,
         })
+    }
+
+    /// Shows the size of a memory store: `idemp_store_entries`,
+    /// `idemp_store_max_entries` and `idemp_store_evictions_total`, read at each render.
+    pub fn observe_memory_store(&mut self, store: Arc<MemoryStore>) {
+        let gauge = |name: &'static str| {
+            self.recorder
+                .register_gauge(&Key::from_name(name), &METADATA)
+        };
+        let entries = gauge("idemp_store_entries");
+        let max_entries = gauge("idemp_store_max_entries");
+        let evictions = self
+            .recorder
+            .register_counter(&Key::from_name("idemp_store_evictions_total"), &METADATA);
+        evictions.absolute(0);
+        self.memory = Some(MemoryGauges {
+            store,
+            entries,
+            max_entries,
+            evictions,
+        });
     }
 
     /// Counts one proxied request.
@@ -177,6 +212,12 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
+        if let Some(m) = &self.memory {
+            m.entries.set(m.store.entry_count() as f64);
+            m.max_entries
+                .set(m.store.max_entries().map_or(f64::INFINITY, |n| n as f64));
+            m.evictions.absolute(m.store.evictions());
+        }
         self.handle.run_upkeep();
         self.handle.render()
     }

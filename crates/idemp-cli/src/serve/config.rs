@@ -39,8 +39,9 @@ pub struct ServeArgs {
     /// Admin address for /healthz and /metrics ("off" to disable) [default: 127.0.0.1:8788].
     #[arg(long, env = "IDEMP_ADMIN")]
     pub admin: Option<String>,
-    /// Store URL: memory:, sqlite://PATH, redis://HOST:PORT/DB, postgres://USER@HOST:PORT/DB
-    /// [default: sqlite://idemp.db].
+    /// Store URL: memory:[?max_entries=N] (bounded, default 1000000 records: the
+    /// settled records that expire first are evicted), sqlite://PATH,
+    /// redis://HOST:PORT/DB, postgres://USER@HOST:PORT/DB [default: sqlite://idemp.db].
     #[arg(long, env = "IDEMP_STORE")]
     pub store: Option<String>,
     /// Refuse guarded requests without an Idempotency-Key (400).

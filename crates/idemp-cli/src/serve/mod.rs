@@ -89,13 +89,21 @@ impl RunningProxy {
 /// listeners (port 0 picks free ports) and serves until [`RunningProxy::shutdown`].
 pub async fn start(config: ServeConfig) -> anyhow::Result<RunningProxy> {
     config.validate()?;
-    let store = match &config.store_instance {
-        Some(s) => s.clone(),
-        None => idemp::store::open(&config.store)
+    let (store, memory) = match &config.store_instance {
+        Some(s) => (s.clone(), None),
+        None => open_store(&config.store)
             .await
             .with_context(|| format!("cannot open the store {}", mask(&config.store)))?,
     };
-    let metrics = Arc::new(Metrics::new()?);
+    let mut metrics = Metrics::new()?;
+    if let Some(memory) = memory {
+        tracing::info!(
+            max_entries = memory.max_entries(),
+            "memory store: bounded; the settled records that expire first are evicted when full"
+        );
+        metrics.observe_memory_store(memory);
+    }
+    let metrics = Arc::new(metrics);
     let mut builder = IdempotencyLayer::builder(store.clone())
         .methods(config.methods.clone())
         .require_key(config.require_key)
@@ -194,6 +202,26 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningProxy> {
         task,
         in_flight,
     })
+}
+
+/// Opens the store of `--store`; a memory store is also returned as itself, for its
+/// gauges in `/metrics`.
+async fn open_store(
+    url: &str,
+) -> anyhow::Result<(
+    idemp::store::DynStore,
+    Option<Arc<idemp::store::MemoryStore>>,
+)> {
+    let parsed: idemp::store::StoreUrl = url.parse()?;
+    if let idemp::store::StoreUrl::Memory { max_entries } = parsed {
+        let memory = Arc::new(
+            idemp::store::MemoryStore::builder()
+                .max_entries(max_entries.unwrap_or(idemp::store::memory::DEFAULT_URL_MAX_ENTRIES))
+                .build(),
+        );
+        return Ok((memory.clone(), Some(memory)));
+    }
+    Ok((idemp::store::open_parsed(&parsed).await?, None))
 }
 
 fn mask(url: &str) -> String {

@@ -398,6 +398,11 @@ pub enum ErrorKind {
     Incompatible,
     /// [`StoreError::Invalid`]: nothing was changed.
     Invalid,
+    /// [`StoreError::Capacity`]: transient; nothing was changed.
+    Capacity,
+    /// [`StoreError::NotReplicated`]: transient; the write was applied on the primary
+    /// but too few replicas acknowledged it.
+    NotReplicated,
     /// [`StoreError::Backend`]: a write's outcome is unknown.
     Backend,
 }
@@ -408,8 +413,10 @@ pub enum ErrorKind {
 ///
 /// A write (`claim`, `complete`, `fail`, `release`, `renew`, `purge`) that fails with
 /// [`Fenced`](Self::Fenced), [`Invalid`](Self::Invalid),
-/// [`Incompatible`](Self::Incompatible) or [`Corrupt`](Self::Corrupt) **changed
-/// nothing**. One that fails with [`Unavailable`](Self::Unavailable) or
+/// [`Incompatible`](Self::Incompatible), [`Corrupt`](Self::Corrupt) or
+/// [`Capacity`](Self::Capacity) **changed nothing**; one that fails with
+/// [`NotReplicated`](Self::NotReplicated) **was applied** on the Redis primary, but
+/// too few replicas confirmed it for it to be sure to survive a failover. One that fails with [`Unavailable`](Self::Unavailable) or
 /// [`Backend`](Self::Backend) **may or may not have been applied**: the server may
 /// have committed it before the connection dropped or the reply was lost
 /// ([`outcome_unknown`](Self::outcome_unknown) is `true`). Read the record to find out:
@@ -462,6 +469,36 @@ pub enum StoreError {
     /// An argument the store cannot accept (key too long, empty key…).
     #[error("invalid argument: {0}")]
     Invalid(String),
+    /// A bounded store is full of records in progress, so a claim of a new key was
+    /// refused (nothing was stored). Transient: retry once some of them settle. Only
+    /// a [`MemoryStore`] built with
+    /// [`max_entries`](memory::MemoryStoreBuilder::max_entries) returns it.
+    #[error(
+        "store full: every record of its share of the {max_entries}-record bound is in progress; retry when one settles, or raise max_entries"
+    )]
+    Capacity {
+        /// The store's bound.
+        max_entries: usize,
+    },
+    /// A write was applied on the Redis primary, but fewer replicas than required
+    /// acknowledged it in time (`wait_replicas`). The write **was applied** (a read
+    /// sees it now, so [`outcome_unknown`](Self::outcome_unknown) is `false`), but
+    /// whether it survives a failover is unknown: the guard does not turn it into
+    /// success by reading the record back, it reports it. Transient; see
+    /// `store::redis::replicas` for what a retry finds.
+    #[error(
+        "write to {id} not confirmed by replicas: {acked} of {wanted} acknowledged within {timeout:?}; it is applied on the primary but may not survive a failover (outcome unknown)"
+    )]
+    NotReplicated {
+        /// The record.
+        id: RecordKey,
+        /// How many replicas had to acknowledge.
+        wanted: u32,
+        /// How many did.
+        acked: u32,
+        /// How long the store waited.
+        timeout: Duration,
+    },
     /// Any other backend error. The outcome of the attempted write is unknown.
     #[error("store error: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -474,7 +511,12 @@ impl StoreError {
     }
     /// Whether retrying the same operation later may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        matches!(
+            self,
+            StoreError::Unavailable(_)
+                | StoreError::Capacity { .. }
+                | StoreError::NotReplicated { .. }
+        )
     }
     /// The kind of error, without its payload.
     pub fn kind(&self) -> ErrorKind {
@@ -484,6 +526,8 @@ impl StoreError {
             StoreError::Corrupt { .. } => ErrorKind::Corrupt,
             StoreError::Incompatible(_) => ErrorKind::Incompatible,
             StoreError::Invalid(_) => ErrorKind::Invalid,
+            StoreError::Capacity { .. } => ErrorKind::Capacity,
+            StoreError::NotReplicated { .. } => ErrorKind::NotReplicated,
             StoreError::Backend(_) => ErrorKind::Backend,
         }
     }
@@ -670,7 +714,9 @@ pub enum OpenError {
     Store(#[from] StoreError),
 }
 
-/// Opens a store from a URL: `memory:`, `sqlite://PATH`, `redis://HOST:PORT/DB`,
+/// Opens a store from a URL: `memory:` (bounded to
+/// [`DEFAULT_URL_MAX_ENTRIES`](memory::DEFAULT_URL_MAX_ENTRIES) records unless
+/// `?max_entries=N` says otherwise), `sqlite://PATH`, `redis://HOST:PORT/DB`,
 /// `redis+cluster://HOST:PORT,HOST:PORT`, `postgres://USER@HOST:PORT/DB`.
 ///
 /// ```
@@ -687,7 +733,11 @@ pub async fn open(url: &str) -> Result<DynStore, OpenError> {
 /// Opens a parsed store URL.
 pub async fn open_parsed(url: &StoreUrl) -> Result<DynStore, OpenError> {
     match url {
-        StoreUrl::Memory => Ok(Arc::new(MemoryStore::new())),
+        StoreUrl::Memory { max_entries } => Ok(Arc::new(
+            MemoryStore::builder()
+                .max_entries(max_entries.unwrap_or(memory::DEFAULT_URL_MAX_ENTRIES))
+                .build(),
+        )),
         #[cfg(feature = "sqlite")]
         StoreUrl::Sqlite { path } => Ok(Arc::new(sqlite::SqliteStore::open(path)?)),
         #[cfg(not(feature = "sqlite"))]

@@ -2,9 +2,9 @@
 //!
 //! | URL | store |
 //! |---|---|
-//! | `memory:` | [`MemoryStore`](super::MemoryStore) |
+//! | `memory:`, `memory:?max_entries=N` | [`MemoryStore`](super::MemoryStore), bounded to `N` records (default [`DEFAULT_URL_MAX_ENTRIES`](super::memory::DEFAULT_URL_MAX_ENTRIES)) |
 //! | `sqlite://PATH` (`sqlite:///abs/path`, `sqlite://rel/path`, `sqlite::memory:` is refused) | SQLite file |
-//! | `redis://[USER:PASS@]HOST[:PORT][/DB][?prefix=P]`, `rediss://…` | Redis |
+//! | `redis://[USER:PASS@]HOST[:PORT][/DB][?prefix=P][&wait_replicas=N[&wait_timeout_ms=T]]`, `rediss://…` | Redis |
 //! | `redis+cluster://HOST:PORT[,HOST:PORT…][?prefix=P]` | Redis Cluster |
 //! | `postgres://USER@HOST[:PORT]/DB[?schema=S]`, `postgresql://…` | PostgreSQL |
 //!
@@ -13,18 +13,58 @@
 //! let url: StoreUrl = "redis://127.0.0.1:6379/2?prefix=app1".parse().unwrap();
 //! assert_eq!(url.scheme(), "redis");
 //! assert!("ftp://x".parse::<StoreUrl>().is_err());
+//! let mem: StoreUrl = "memory:?max_entries=100000".parse().unwrap();
+//! assert_eq!(mem, StoreUrl::Memory { max_entries: Some(100_000) });
+//! let e = "memory:?max_entries=lots".parse::<StoreUrl>().unwrap_err();
+//! assert!(e.to_string().contains("max_entries"), "{e}");
 //! ```
 
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
+
+/// The default `wait_timeout_ms` of `?wait_replicas=N`.
+pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(1);
+/// The longest `wait_timeout_ms` accepted (an hour).
+const MAX_WAIT_TIMEOUT_MS: u64 = 3_600_000;
+
+/// Wait for replicas after each write (`?wait_replicas=N&wait_timeout_ms=T` on a
+/// `redis://` URL): the Redis store then follows each settle and claim by
+/// `WAIT N T` on the same connection, so an acknowledged write is on `N` replicas
+/// and survives the failover to one of them. See the Redis store's `replicas` module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WaitReplicas {
+    /// How many replicas must acknowledge each write (at least 1).
+    pub replicas: u32,
+    /// How long to wait for them (at least 1 ms; `WAIT 0` would block forever).
+    pub timeout: Duration,
+}
+
+impl WaitReplicas {
+    /// Waits for `replicas` replicas (at least 1) for up to `timeout` (at least 1 ms,
+    /// at most an hour).
+    pub fn new(replicas: u32, timeout: Duration) -> Self {
+        Self {
+            replicas: replicas.max(1),
+            timeout: timeout.clamp(
+                Duration::from_millis(1),
+                Duration::from_millis(MAX_WAIT_TIMEOUT_MS),
+            ),
+        }
+    }
+}
 
 /// A parsed store URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum StoreUrl {
-    /// `memory:`
-    Memory,
+    /// `memory:` or `memory:?max_entries=N`
+    Memory {
+        /// The bound on records (`?max_entries=`); `None`: the default of
+        /// [`open`](super::open), [`DEFAULT_URL_MAX_ENTRIES`](super::memory::DEFAULT_URL_MAX_ENTRIES).
+        max_entries: Option<usize>,
+    },
     /// `sqlite://PATH`
     Sqlite {
         /// The database file.
@@ -36,6 +76,8 @@ pub enum StoreUrl {
         url: String,
         /// Key prefix (`?prefix=`), so many apps can share one Redis.
         prefix: Option<String>,
+        /// `?wait_replicas=N[&wait_timeout_ms=T]`: wait for replicas after writes.
+        wait_replicas: Option<WaitReplicas>,
     },
     /// `redis+cluster://HOST:PORT,HOST:PORT`
     RedisCluster {
@@ -56,7 +98,7 @@ pub enum StoreUrl {
 /// Why a store URL was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "invalid store URL `{url}`: {reason} (expected memory:, sqlite://PATH, redis://HOST:PORT/DB, redis+cluster://HOST:PORT,HOST:PORT or postgres://USER@HOST:PORT/DB)"
+    "invalid store URL `{url}`: {reason} (expected memory:[?max_entries=N], sqlite://PATH, redis://HOST:PORT/DB, redis+cluster://HOST:PORT,HOST:PORT or postgres://USER@HOST:PORT/DB)"
 )]
 pub struct StoreUrlError {
     /// The URL as given (credentials masked).
@@ -187,8 +229,12 @@ impl FromStr for StoreUrl {
         if url.chars().any(|c| c.is_control()) {
             return Err(err(s, "contains control characters"));
         }
-        if url == "memory:" || url == "memory://" || url == "mem:" {
-            return Ok(StoreUrl::Memory);
+        if let Some(rest) = ["memory://", "memory:", "mem:"]
+            .iter()
+            .find_map(|p| url.strip_prefix(p))
+            .filter(|r| r.is_empty() || r.starts_with('?'))
+        {
+            return parse_memory(s, rest);
         }
         let Some((scheme, rest)) = url.split_once(':') else {
             return Err(err(s, "missing scheme"));
@@ -217,7 +263,8 @@ impl FromStr for StoreUrl {
                 let after = rest
                     .strip_prefix("//")
                     .ok_or_else(|| err(s, "write redis://HOST:PORT/DB"))?;
-                let (clean, params) = take_params(s, url, &["prefix"])?;
+                let (clean, params) =
+                    take_params(s, url, &["prefix", "wait_replicas", "wait_timeout_ms"])?;
                 let authority = after.split(['/', '?']).next().unwrap_or_default();
                 check_host_port(s, authority)?;
                 let path = after[authority.len()..]
@@ -228,7 +275,8 @@ impl FromStr for StoreUrl {
                 if !db.is_empty() && db.parse::<u32>().is_err() {
                     return Err(err(s, format!("database `{db}` is not a number")));
                 }
-                let prefix = params.into_iter().next().map(|(_, v)| v);
+                let wait_replicas = parse_wait(s, &params)?;
+                let prefix = param(&params, "prefix");
                 if let Some(p) = &prefix {
                     check_name(s, "prefix", p)?;
                 }
@@ -237,7 +285,11 @@ impl FromStr for StoreUrl {
                     "redis://",
                     1,
                 );
-                Ok(StoreUrl::Redis { url: clean, prefix })
+                Ok(StoreUrl::Redis {
+                    url: clean,
+                    prefix,
+                    wait_replicas,
+                })
             }
             "redis+cluster" | "rediss+cluster" => {
                 let tls = scheme.starts_with("rediss");
@@ -293,11 +345,76 @@ impl FromStr for StoreUrl {
     }
 }
 
+/// The value of the taken parameter `name`, if given.
+fn param(params: &[(String, String)], name: &str) -> Option<String> {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+}
+
+/// A positive whole number parameter, at most `max`.
+fn positive(url: &str, name: &str, v: &str, max: u64) -> Result<u64, StoreUrlError> {
+    match v.parse::<u64>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(err(
+            url,
+            format!("`{name}={v}` must be a whole number from 1 to {max}"),
+        )),
+    }
+}
+
+/// `?max_entries=N` after `memory:`.
+fn parse_memory(url: &str, rest: &str) -> Result<StoreUrl, StoreUrlError> {
+    let (base, params) = take_params(url, rest, &["max_entries"])?;
+    if !base.is_empty() {
+        let unknown = base.trim_start_matches('?');
+        return Err(err(
+            url,
+            format!("memory: takes only `max_entries=N`, not `{unknown}`"),
+        ));
+    }
+    let max_entries = match param(&params, "max_entries") {
+        Some(v) => {
+            let n = positive(url, "max_entries", &v, usize::MAX as u64)?;
+            Some(usize::try_from(n).map_err(|_| err(url, "max_entries is too large"))?)
+        }
+        None => None,
+    };
+    Ok(StoreUrl::Memory { max_entries })
+}
+
+/// `wait_replicas=N` and `wait_timeout_ms=T` of a Redis URL.
+fn parse_wait(
+    url: &str,
+    params: &[(String, String)],
+) -> Result<Option<WaitReplicas>, StoreUrlError> {
+    let replicas = param(params, "wait_replicas");
+    let timeout = param(params, "wait_timeout_ms");
+    let Some(replicas) = replicas else {
+        return match timeout {
+            Some(_) => Err(err(url, "`wait_timeout_ms` needs `wait_replicas=N`")),
+            None => Ok(None),
+        };
+    };
+    let replicas = positive(url, "wait_replicas", &replicas, u64::from(u32::MAX))?;
+    let timeout = match timeout {
+        Some(t) => {
+            Duration::from_millis(positive(url, "wait_timeout_ms", &t, MAX_WAIT_TIMEOUT_MS)?)
+        }
+        None => DEFAULT_WAIT_TIMEOUT,
+    };
+    Ok(Some(WaitReplicas::new(
+        u32::try_from(replicas).unwrap_or(u32::MAX),
+        timeout,
+    )))
+}
+
 impl StoreUrl {
     /// `memory`, `sqlite`, `redis`, `redis+cluster` or `postgres`.
     pub fn scheme(&self) -> &'static str {
         match self {
-            StoreUrl::Memory => "memory",
+            StoreUrl::Memory { .. } => "memory",
             StoreUrl::Sqlite { .. } => "sqlite",
             StoreUrl::Redis { .. } => "redis",
             StoreUrl::RedisCluster { .. } => "redis+cluster",
@@ -310,12 +427,29 @@ impl fmt::Display for StoreUrl {
     /// The URL with any password masked.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StoreUrl::Memory => f.write_str("memory:"),
+            StoreUrl::Memory { max_entries: None } => f.write_str("memory:"),
+            StoreUrl::Memory {
+                max_entries: Some(n),
+            } => write!(f, "memory:?max_entries={n}"),
             StoreUrl::Sqlite { path } => write!(f, "sqlite://{}", path.display()),
-            StoreUrl::Redis { url, prefix } => {
+            StoreUrl::Redis {
+                url,
+                prefix,
+                wait_replicas,
+            } => {
                 f.write_str(&mask_password(url))?;
+                let mut sep = if url.contains('?') { '&' } else { '?' };
                 if let Some(p) = prefix {
-                    write!(f, "{}prefix={p}", if url.contains('?') { '&' } else { '?' })?;
+                    write!(f, "{sep}prefix={p}")?;
+                    sep = '&';
+                }
+                if let Some(w) = wait_replicas {
+                    write!(
+                        f,
+                        "{sep}wait_replicas={}&wait_timeout_ms={}",
+                        w.replicas,
+                        w.timeout.as_millis()
+                    )?;
                 }
                 Ok(())
             }
@@ -351,7 +485,17 @@ mod tests {
 
     #[test]
     fn parses_every_scheme() {
-        assert_eq!(ok("memory:"), StoreUrl::Memory);
+        assert_eq!(ok("memory:"), StoreUrl::Memory { max_entries: None });
+        assert_eq!(
+            ok("memory:?max_entries=100"),
+            StoreUrl::Memory {
+                max_entries: Some(100)
+            }
+        );
+        assert_eq!(
+            ok("memory://?max_entries=7").to_string(),
+            "memory:?max_entries=7"
+        );
         assert_eq!(
             ok("sqlite://idemp.db"),
             StoreUrl::Sqlite {
@@ -368,7 +512,27 @@ mod tests {
             ok("redis://127.0.0.1:6379/3?prefix=app"),
             StoreUrl::Redis {
                 url: "redis://127.0.0.1:6379/3".into(),
-                prefix: Some("app".into())
+                prefix: Some("app".into()),
+                wait_replicas: None,
+            }
+        );
+        let waited =
+            ok("redis://h:6379/0?wait_replicas=2&prefix=p&wait_timeout_ms=250&protocol=resp3");
+        assert_eq!(
+            waited,
+            StoreUrl::Redis {
+                url: "redis://h:6379/0?protocol=resp3".into(),
+                prefix: Some("p".into()),
+                wait_replicas: Some(WaitReplicas::new(2, Duration::from_millis(250))),
+            }
+        );
+        assert_eq!(ok(&waited.to_string()), waited);
+        assert_eq!(
+            ok("redis://h?wait_replicas=1"),
+            StoreUrl::Redis {
+                url: "redis://h".into(),
+                prefix: None,
+                wait_replicas: Some(WaitReplicas::new(1, DEFAULT_WAIT_TIMEOUT)),
             }
         );
         assert_eq!(
@@ -402,6 +566,16 @@ mod tests {
             ("redis://:6379", "missing host"),
             ("postgres://u@h/db?schema=1bad", "schema"),
             ("memory:/x", "no path"),
+            ("memory:?max_entries=0", "from 1 to"),
+            ("memory:?max_entries=-5", "from 1 to"),
+            ("memory:?max_entries=1e6", "from 1 to"),
+            ("memory:?max_entries=", "needs a value"),
+            ("memory:?max_entries=5&max_entries=6", "given twice"),
+            ("memory:?shards=4", "only `max_entries=N`"),
+            ("redis://h?wait_replicas=0", "from 1 to"),
+            ("redis://h?wait_replicas=two", "from 1 to"),
+            ("redis://h?wait_replicas=1&wait_timeout_ms=0", "from 1 to"),
+            ("redis://h?wait_timeout_ms=10", "needs `wait_replicas"),
             ("nocolon", "missing scheme"),
         ] {
             let e = bad.parse::<StoreUrl>().expect_err(bad);

@@ -12,14 +12,25 @@
 //!   `maxmemory-policy noeviction`: a full server then refuses writes (the store reports
 //!   [`StoreError::Unavailable`](crate::store::StoreError::Unavailable)) instead of
 //!   silently forgetting.
-//! * **Replication**: replicas are updated asynchronously; a failover may lose the
-//!   last acknowledged writes (the same window as `appendfsync everysec`).
+//! * **Replication**: replicas are updated asynchronously. Without
+//!   [`wait_replicas`](super::RedisOptions::wait_replicas), a failover to a replica
+//!   loses the writes the primary acknowledged but had not yet sent (under load, the
+//!   last few milliseconds of claims and completions): a lost completion makes its
+//!   retry run the side effect again, a lost claim lets a second worker start while
+//!   the first runs, a lost release or renewal only delays the key. Persistence does
+//!   not help here (the promoted replica never had the writes). With
+//!   `wait_replicas=N` each write returns only once `N` replicas have it, so a
+//!   failover to one of them loses nothing acknowledged (see
+//!   [`replicas`](super::replicas)).
 //!
-//! [`RedisStore`](super::RedisStore) checks the first two with `CONFIG GET` when it
-//! connects and logs a `tracing` warning for each unmet one. Managed services often
-//! disable `CONFIG`; the check is then skipped (logged at debug level).
+//! [`RedisStore`](super::RedisStore) checks the first two with `CONFIG GET` and the
+//! third with `INFO replication` when it connects, and logs a `tracing` warning for
+//! each unmet one. Managed services often disable `CONFIG`; the check is then skipped
+//! (logged at debug level).
 
 use std::fmt;
+
+use super::replicas::{ReplicationInfo, WaitReplicas};
 
 /// The durability-relevant settings of a Redis server, as read by `CONFIG GET`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -30,6 +41,10 @@ pub struct DurabilityReport {
     pub appendfsync: Option<String>,
     /// `maxmemory-policy`, if readable.
     pub maxmemory_policy: Option<String>,
+    /// The server's role and replicas (`INFO replication`), if readable.
+    pub replication: Option<ReplicationInfo>,
+    /// The store's `wait_replicas`, if set.
+    pub wait_replicas: Option<WaitReplicas>,
     /// Human-readable problems; empty when every prerequisite is met.
     pub warnings: Vec<String>,
     /// Why the settings could not be read (`CONFIG` disabled, ACL…), if so.
@@ -74,8 +89,42 @@ impl DurabilityReport {
             appendfsync,
             maxmemory_policy,
             warnings,
-            unreadable: None,
+            ..Self::default()
         }
+    }
+
+    /// Adds what a failover can lose, from `INFO replication` and the store's
+    /// `wait_replicas`.
+    pub(crate) fn with_replication(
+        mut self,
+        info: Option<ReplicationInfo>,
+        wait: Option<WaitReplicas>,
+    ) -> Self {
+        let replicas = info
+            .as_ref()
+            .and_then(|i| i.connected_replicas)
+            .unwrap_or(0);
+        let role = info.as_ref().and_then(|i| i.role.as_deref());
+        if role == Some("slave") {
+            self.warnings.push(
+                "the server is a replica: writes fail (READONLY) until it is promoted; connect to the primary".into(),
+            );
+        }
+        match wait {
+            None if replicas > 0 => self.warnings.push(format!(
+                "{replicas} replica(s) are updated asynchronously: a failover to one loses the claims and completions acknowledged just before it (their retries run again); set wait_replicas (URL `?wait_replicas=1`) to wait for replicas on each write"
+            )),
+            Some(w) if info.is_some() && role != Some("slave") && replicas < w.replicas => {
+                self.warnings.push(format!(
+                    "wait_replicas is {} but {replicas} replica(s) are connected: writes will fail as not replicated (outcome unknown) until enough replicas connect",
+                    w.replicas
+                ))
+            }
+            _ => {}
+        }
+        self.replication = info;
+        self.wait_replicas = wait;
+        self
     }
 
     /// A report for a server whose configuration cannot be read.
@@ -127,5 +176,45 @@ mod tests {
         let r = DurabilityReport::from_config(s("yes"), s("no"), s("volatile-lru"));
         assert_eq!(r.warnings.len(), 2, "{r}");
         assert!(!DurabilityReport::unreadable("disabled".into()).is_durable());
+    }
+
+    #[test]
+    fn says_what_a_failover_can_lose() {
+        let durable = || DurabilityReport::from_config(s("yes"), s("always"), s("noeviction"));
+        let primary = |n| {
+            Some(ReplicationInfo {
+                role: s("master"),
+                connected_replicas: Some(n),
+            })
+        };
+        // No replica: nothing to fail over to.
+        assert!(durable().with_replication(primary(0), None).is_durable());
+        let r = durable().with_replication(primary(1), None);
+        assert!(!r.is_durable());
+        assert!(
+            r.warnings[0].contains("failover") && r.warnings[0].contains("wait_replicas"),
+            "{r}"
+        );
+        let one = WaitReplicas::new(1, std::time::Duration::from_millis(100));
+        assert!(
+            durable()
+                .with_replication(primary(1), Some(one))
+                .is_durable()
+        );
+        let two = WaitReplicas::new(2, std::time::Duration::from_millis(100));
+        let r = durable().with_replication(primary(1), Some(two));
+        assert!(r.to_string().contains("wait_replicas is 2"), "{r}");
+        let replica = Some(ReplicationInfo {
+            role: s("slave"),
+            connected_replicas: Some(0),
+        });
+        assert!(
+            durable()
+                .with_replication(replica, None)
+                .to_string()
+                .contains("replica")
+        );
+        // INFO unreadable: no claim either way.
+        assert!(durable().with_replication(None, None).is_durable());
     }
 }

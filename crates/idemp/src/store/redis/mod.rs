@@ -81,11 +81,14 @@
 //! # Durability
 //!
 //! See [`DurabilityReport`]: `appendonly yes` with `appendfsync everysec|always`, and
-//! `maxmemory-policy noeviction`, are checked (and warned about) on connect.
+//! `maxmemory-policy noeviction`, are checked (and warned about) on connect, and so is
+//! a primary with replicas but no [`RedisOptions::wait_replicas`] (a failover may
+//! lose acknowledged writes; see [`replicas`]).
 
 mod durability;
 mod layout;
 mod notify;
+pub mod replicas;
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
@@ -105,6 +108,7 @@ use layout::Layout;
 #[cfg(test)]
 use layout::{digest_of_key, record_digest};
 use notify::Notifier;
+pub use replicas::{ReplicationInfo, WaitReplicas};
 
 /// Tokens stay unique while the server clock steps back by less than this (real clock).
 const GUARD_MS: u64 = 5_000;
@@ -160,6 +164,8 @@ pub struct RedisOptions {
     pub reconnect_retries: usize,
     /// Check the durability settings on connect and warn (default true).
     pub check_durability: bool,
+    /// Wait for replicas after each write (default: no); see [`replicas`].
+    pub wait_replicas: Option<WaitReplicas>,
 }
 
 impl Default for RedisOptions {
@@ -170,6 +176,7 @@ impl Default for RedisOptions {
             connection_timeout: Duration::from_secs(2),
             reconnect_retries: 2,
             check_durability: true,
+            wait_replicas: None,
         }
     }
 }
@@ -218,6 +225,8 @@ pub struct RedisStore {
     pubsub_clients: Vec<::redis::Client>,
     /// The server, for messages (password masked).
     server: String,
+    /// `WAIT` for replicas after each write, if set.
+    wait_replicas: Option<WaitReplicas>,
 }
 
 impl fmt::Debug for RedisStore {
@@ -227,6 +236,7 @@ impl fmt::Debug for RedisStore {
             .field("prefix", &self.layout.prefix())
             .field("cluster", &matches!(self.conn, Conn::Cluster(_)))
             .field("client_clock", &self.clock.is_some())
+            .field("wait_replicas", &self.wait_replicas)
             .finish()
     }
 }
@@ -260,8 +270,9 @@ impl RedisStore {
 
     /// Connects using a parsed store URL and options.
     pub async fn connect_with(url: &StoreUrl, options: RedisOptions) -> StoreResult<Self> {
+        let wait_replicas = replicas::configured(url, &options)?;
         let (conn, url_prefix, pubsub_clients) = match url {
-            StoreUrl::Redis { url: u, prefix } => {
+            StoreUrl::Redis { url: u, prefix, .. } => {
                 let client = ::redis::Client::open(u.as_str())
                     .map_err(|e| StoreError::Invalid(format!("redis URL {url}: {e}")))?;
                 let config = ConnectionManagerConfig::new()
@@ -313,6 +324,7 @@ impl RedisStore {
             notifier: Arc::new(Notifier::default()),
             pubsub_clients,
             server: url.to_string(),
+            wait_replicas,
         };
         if options.check_durability {
             store.durability().await?.log(&store.server);
@@ -363,7 +375,8 @@ impl RedisStore {
             it.next().flatten(),
             it.next().flatten(),
             it.next().flatten(),
-        ))
+        )
+        .with_replication(self.replication_info().await, self.wait_replicas))
     }
 
     /// Deletes every record and tombstone under this store's prefix (for tests and
@@ -634,7 +647,7 @@ impl RedisStore {
     ) -> StoreResult<()> {
         let (key, digest) = self.layout.locate(id);
         let v = self
-            .eval(
+            .eval_replicated(
                 &SCRIPTS.settle,
                 evalsha(&SCRIPTS.settle, key.as_bytes())
                     .arg(token)
@@ -885,7 +898,7 @@ impl Store for RedisStore {
             None => &[],
         };
         let v = self
-            .eval(
+            .eval_replicated(
                 &SCRIPTS.claim,
                 evalsha(&SCRIPTS.claim, key.as_bytes())
                     .arg(encode_id(id))
@@ -953,7 +966,7 @@ impl Store for RedisStore {
     async fn release(&self, id: &RecordKey, token: Token) -> StoreResult<()> {
         let (key, digest) = self.layout.locate(id);
         let v = self
-            .eval(
+            .eval_replicated(
                 &SCRIPTS.release,
                 evalsha(&SCRIPTS.release, key.as_bytes())
                     .arg(token)
@@ -970,7 +983,7 @@ impl Store for RedisStore {
     async fn renew(&self, id: &RecordKey, token: Token, lease: Duration) -> StoreResult<Millis> {
         let (key, _) = self.layout.locate(id);
         let v = self
-            .eval(
+            .eval_replicated(
                 &SCRIPTS.renew,
                 evalsha(&SCRIPTS.renew, key.as_bytes())
                     .arg(token)
