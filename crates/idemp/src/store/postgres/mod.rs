@@ -83,22 +83,21 @@ use tokio::task::JoinHandle;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{NoTls, Row};
 
+use super::record::{LIMITS, RawRecord, corrupt, decode_attempts, decode_ms, decode_token, fenced};
 use super::{
-    Claim, ClaimOutcome, Codec, Compression, Fingerprint, ListQuery, Outcome, Page, Record,
-    RecordKey, State, Stats, Store, StoreError, StoreResult, StoreUrl, Token,
+    Claim, ClaimOutcome, ListQuery, Outcome, Page, Record, RecordKey, State, Stats, Store,
+    StoreError, StoreResult, StoreUrl, Token,
 };
-use crate::clock::{Millis, SharedClock, duration_ms};
+use crate::clock::{Millis, SharedClock};
 use listen::Waiters;
 use sql::{Sql, col, state};
 
 /// The schema version this build writes and understands.
 pub const SCHEMA_VERSION: i32 = sql::MIGRATIONS.len() as i32;
 
-/// Longest `scope` + `key` accepted, in bytes (a B-tree index entry must fit in a page).
-pub const MAX_KEY_BYTES: usize = 2048;
-
-/// Durations are clamped to this (100 years) so `now + ttl` never overflows.
-const MAX_DURATION_MS: i64 = 100 * 365 * 24 * 3600 * 1000;
+/// Longest `scope` + `key` accepted, in bytes: the shared [`LIMITS`] (a B-tree index
+/// entry must fit in a page).
+pub const MAX_KEY_BYTES: usize = LIMITS.max_scope_bytes + LIMITS.max_key_bytes;
 
 /// How often `claim` re-runs after losing a race to a concurrent commit it could not
 /// see yet (rare; each retry takes a fresh snapshot).
@@ -288,25 +287,15 @@ fn check_schema(schema: &str) -> StoreResult<()> {
     }
 }
 
+/// Refuses ids over the shared [`LIMITS`] (which also exclude NUL characters, which
+/// Postgres text cannot hold).
 fn check_id(id: &RecordKey) -> StoreResult<()> {
-    if id.scope.contains('\0') || id.key.contains('\0') {
-        return Err(StoreError::Invalid(format!(
-            "{id:?}: Postgres text cannot hold NUL characters"
-        )));
-    }
-    if id.scope.len() + id.key.len() > MAX_KEY_BYTES {
-        return Err(StoreError::Invalid(format!(
-            "scope + key is {} bytes; the Postgres store accepts at most {MAX_KEY_BYTES}",
-            id.scope.len() + id.key.len()
-        )));
-    }
-    Ok(())
+    LIMITS.check_id(id)
 }
 
+/// A duration in ms, capped at [`LIMITS`]`.max_duration`.
 fn ms(d: Duration) -> i64 {
-    i64::try_from(duration_ms(d))
-        .unwrap_or(i64::MAX)
-        .min(MAX_DURATION_MS)
+    i64::try_from(LIMITS.capped_ms(d)).unwrap_or(i64::MAX)
 }
 
 /// A token as stored; tokens above `i64::MAX` are never issued, so they match nothing.
@@ -360,14 +349,7 @@ fn pool_error(op: &str, e: PoolError) -> StoreError {
     }
 }
 
-fn corrupt(id: &RecordKey, reason: impl fmt::Display) -> StoreError {
-    StoreError::Corrupt {
-        id: id.clone(),
-        reason: reason.to_string(),
-    }
-}
-
-/// Reads a record from the standard columns (`state` must be 0, 1 or 2).
+/// Reads a record from the standard columns through the shared decoder.
 fn decode(row: &Row) -> StoreResult<Record> {
     let scope: String = row
         .try_get(col::SCOPE)
@@ -377,65 +359,26 @@ fn decode(row: &Row) -> StoreResult<Record> {
         .map_err(|e| StoreError::Incompatible(format!("unexpected row shape: {e}")))?;
     let id = RecordKey::new(scope, key);
     let bad = |e: tokio_postgres::Error| corrupt(&id, e);
-    let fingerprint = match row
-        .try_get::<_, Option<&[u8]>>(col::FINGERPRINT)
-        .map_err(bad)?
-    {
-        None => None,
-        Some(b) => Some(Fingerprint(b.try_into().map_err(|_| {
-            corrupt(&id, format!("fingerprint of {} bytes", b.len()))
-        })?)),
-    };
     let st: i16 = row.try_get(col::STATE).map_err(bad)?;
-    let token: i64 = row.try_get(col::TOKEN).map_err(bad)?;
     let attempts: i32 = row.try_get(col::ATTEMPTS).map_err(bad)?;
-    let created_at: i64 = row.try_get(col::CREATED_AT).map_err(bad)?;
-    let updated_at: i64 = row.try_get(col::UPDATED_AT).map_err(bad)?;
+    let codec: Option<i16> = row.try_get(col::CODEC).map_err(bad)?;
+    let compression: Option<i16> = row.try_get(col::COMPRESSION).map_err(bad)?;
     let expires_at: i64 = row.try_get(col::EXPIRES_AT).map_err(bad)?;
-    let outcome = |row: &Row| -> StoreResult<Outcome> {
-        let codec: Option<i16> = row.try_get(col::CODEC).map_err(bad)?;
-        let compression: Option<i16> = row.try_get(col::COMPRESSION).map_err(bad)?;
-        let bytes: Option<Vec<u8>> = row.try_get(col::OUTCOME).map_err(bad)?;
-        let codec = codec
-            .and_then(|c| u8::try_from(c).ok())
-            .and_then(Codec::from_u8)
-            .ok_or_else(|| corrupt(&id, format!("unknown codec {codec:?}")))?;
-        let compression = compression
-            .and_then(|c| u8::try_from(c).ok())
-            .and_then(Compression::from_u8)
-            .ok_or_else(|| corrupt(&id, format!("unknown compression {compression:?}")))?;
-        Ok(Outcome {
-            codec,
-            compression,
-            bytes: bytes.unwrap_or_default(),
-        })
+    let raw = RawRecord {
+        fingerprint: row.try_get(col::FINGERPRINT).map_err(bad)?,
+        state: i64::from(st),
+        token: row.try_get(col::TOKEN).map_err(bad)?,
+        attempts: i64::from(attempts),
+        created_at: row.try_get(col::CREATED_AT).map_err(bad)?,
+        updated_at: row.try_get(col::UPDATED_AT).map_err(bad)?,
+        lease_until: row.try_get(col::LEASE_UNTIL).map_err(bad)?,
+        expires_at: Some(expires_at),
+        codec: codec.map(i64::from),
+        compression: compression.map(i64::from),
+        outcome: row.try_get(col::OUTCOME).map_err(bad)?,
+        ..RawRecord::new(id.clone(), 0)
     };
-    let (state, expires) = match st {
-        state::IN_PROGRESS => {
-            let lease_until: Option<i64> = row.try_get(col::LEASE_UNTIL).map_err(bad)?;
-            let lease_until =
-                lease_until.ok_or_else(|| corrupt(&id, "in progress without a lease"))?;
-            (
-                State::InProgress {
-                    lease_until: unsigned(lease_until),
-                },
-                None,
-            )
-        }
-        state::COMPLETED => (State::Completed(outcome(row)?), Some(unsigned(expires_at))),
-        state::FAILED => (State::Failed(outcome(row)?), Some(unsigned(expires_at))),
-        other => return Err(corrupt(&id, format!("unknown state {other}"))),
-    };
-    Ok(Record {
-        fingerprint,
-        state,
-        token: unsigned(token),
-        attempts: u32::try_from(attempts).unwrap_or(0),
-        created_at: unsigned(created_at),
-        updated_at: unsigned(updated_at),
-        expires_at: expires,
-        id,
-    })
+    raw.decode()
 }
 
 impl PostgresStore {
@@ -647,6 +590,7 @@ impl PostgresStore {
         ttl: Duration,
     ) -> StoreResult<()> {
         check_id(id)?;
+        LIMITS.check_outcome(&outcome)?;
         let now = self.core.now_param();
         let tok = token_param(token);
         let codec = i16::from(outcome.codec.as_u8());
@@ -682,6 +626,7 @@ impl PostgresStore {
         ttl: Duration,
     ) -> StoreResult<()> {
         check_id(id)?;
+        LIMITS.check_outcome(&outcome)?;
         let now = self.core.now_param();
         let tok = token_param(token);
         let codec = i16::from(outcome.codec.as_u8());
@@ -806,14 +751,6 @@ fn read_cas(id: &RecordKey, row: Option<&Row>) -> StoreResult<Option<Option<u64>
     }
     let current: Option<i64> = row.try_get(2).map_err(|e| corrupt(id, e))?;
     Ok(Some(current.map(unsigned)))
-}
-
-fn fenced(id: &RecordKey, token: Token, current: Option<u64>) -> StoreError {
-    StoreError::Fenced {
-        id: id.clone(),
-        token,
-        current,
-    }
 }
 
 /// Takes `pool_size=N` out of a client URL.
@@ -1037,11 +974,17 @@ impl Store for PostgresStore {
                 let prev: Option<i64> = row.try_get(col::PREV_TOKEN).map_err(bad)?;
                 let lease_until: Option<i64> = row.try_get(col::LEASE_UNTIL).map_err(bad)?;
                 let attempts: i32 = row.try_get(col::ATTEMPTS).map_err(bad)?;
+                let field = |f: &str, why: String| corrupt(id, format!("field `{f}`: {why}"));
                 return Ok(ClaimOutcome::Acquired {
-                    token: unsigned(token),
-                    lease_until: unsigned(lease_until.unwrap_or_default()),
-                    takeover: prev.map(unsigned),
-                    attempt: u32::try_from(attempts).unwrap_or(0),
+                    token: decode_token(token).map_err(|w| field("token", w))?,
+                    lease_until: decode_ms(lease_until.unwrap_or_default())
+                        .map_err(|w| field("lease_until", w))?,
+                    takeover: prev
+                        .map(decode_token)
+                        .transpose()
+                        .map_err(|w| field("prev_token", w))?,
+                    attempt: decode_attempts(i64::from(attempts))
+                        .map_err(|w| field("attempts", w))?,
                 });
             }
             // The row as of our snapshot. If it looks dead or claimable, the upsert saw a
@@ -1351,7 +1294,7 @@ mod tests {
     #[test]
     fn durations_are_clamped() {
         assert_eq!(ms(Duration::from_millis(5)), 5);
-        assert_eq!(ms(Duration::MAX), MAX_DURATION_MS);
+        assert_eq!(ms(Duration::MAX), LIMITS.max_duration_ms() as i64);
         assert_eq!(token_param(u64::MAX), -1);
     }
 }

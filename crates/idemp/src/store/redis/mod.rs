@@ -96,8 +96,9 @@ use ::redis::cluster_async::ClusterConnection;
 use ::redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use ::redis::{Cmd, ErrorKind, RedisError, Script, ServerErrorKind, Value};
 
+use super::record::{self, RawRecord, corrupt, decode_attempts};
 use super::*;
-use crate::clock::{Millis, SharedClock, duration_ms};
+use crate::clock::{Millis, SharedClock};
 
 pub use durability::DurabilityReport;
 pub use layout::DEFAULT_PREFIX;
@@ -111,8 +112,6 @@ const GUARD_MS: u64 = 5_000;
 /// With a client clock (tests), which need not follow real time, keep the token
 /// counter of gone records much longer.
 const CLIENT_CLOCK_GUARD_MS: u64 = 3_600_000;
-/// Leases and ttls are clamped to 100 years (Lua numbers are doubles).
-const MAX_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
 /// Poll interval of `wait` while notifications flow (a safety net only).
 const NOTIFIED_POLL: Duration = Duration::from_millis(500);
 /// `SCAN … COUNT`: `list` and `stats` walk the whole database (every prefix), so large
@@ -240,8 +239,9 @@ fn check_prefix(p: &str) -> StoreResult<()> {
     Ok(())
 }
 
+/// A duration in ms, capped at [`LIMITS`]`.max_duration` (exact in a Lua double).
 fn ms(d: Duration) -> u64 {
-    duration_ms(d).min(MAX_MS)
+    LIMITS.capped_ms(d)
 }
 
 impl RedisStore {
@@ -617,11 +617,7 @@ impl RedisStore {
     }
 
     fn fenced(&self, id: &RecordKey, token: Token, items: &[Value]) -> StoreError {
-        StoreError::Fenced {
-            id: id.clone(),
-            token,
-            current: items.get(1).and_then(as_u64),
-        }
+        record::fenced(id, token, items.get(1).and_then(as_u64))
     }
 
     async fn settle(
@@ -632,6 +628,8 @@ impl RedisStore {
         outcome: Outcome,
         ttl: Duration,
     ) -> StoreResult<()> {
+        LIMITS.check_id(id)?;
+        LIMITS.check_outcome(&outcome)?;
         let (key, digest) = self.layout.locate(id);
         let v = self
             .eval(
@@ -746,13 +744,6 @@ fn is_live(state: Option<&str>, settled: Option<u64>, ttl: Option<u64>, now: Mil
     }
 }
 
-fn corrupt(id: &RecordKey, reason: impl Into<String>) -> StoreError {
-    StoreError::Corrupt {
-        id: id.clone(),
-        reason: reason.into(),
-    }
-}
-
 fn array(v: Value, id: &RecordKey) -> StoreResult<Vec<Value>> {
     match v {
         Value::Array(items) => Ok(items),
@@ -800,85 +791,79 @@ fn decode_id(s: &str) -> Option<RecordKey> {
     Some(RecordKey::new(scope, key))
 }
 
+/// A reply item as a signed integer (the shared decoder checks its range).
+fn as_i64(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
 /// Parses the fields of a record reply (see `lua/prelude.lua`): state, token, fp,
-/// attempts, created, since, lease, ttl, settled, enc, outcome.
+/// attempts, created, since, lease, ttl, settled, enc, outcome; into a
+/// [`RawRecord`] for the shared decoder.
 fn parse_record(id: &RecordKey, f: &[Value]) -> StoreResult<Record> {
-    let opt = |i: usize| f.get(i).and_then(as_u64);
-    let num = |i: usize, what: &str| -> StoreResult<u64> {
-        opt(i).ok_or_else(|| corrupt(id, format!("field `{what}` missing or not a number")))
+    let opt = |i: usize| f.get(i).and_then(as_i64);
+    let num = |i: usize, what: &str| -> StoreResult<i64> {
+        opt(i).ok_or_else(|| corrupt(id, format!("field `{what}`: missing or not a number")))
     };
-    let fingerprint = match f.get(2) {
-        Some(Value::BulkString(b)) if b.is_empty() => None,
-        Some(Value::BulkString(b)) => Some(Fingerprint(
-            b.as_slice()
-                .try_into()
-                .map_err(|_| corrupt(id, "fingerprint is not 32 bytes"))?,
-        )),
+    let state_name = f.first().and_then(as_string).unwrap_or_default();
+    let state = match state_name.as_str() {
+        "p" => record::STATE_IN_PROGRESS,
+        "c" => record::STATE_COMPLETED,
+        "f" => record::STATE_FAILED,
+        other => {
+            return Err(corrupt(
+                id,
+                format!("field `state`: unknown state `{other}`"),
+            ));
+        }
+    };
+    let mut raw = RawRecord::new(id.clone(), state);
+    raw.fingerprint = match f.get(2) {
+        Some(Value::BulkString(b)) if !b.is_empty() => Some(b.clone()),
         _ => None,
     };
-    let token = num(1, "token")?;
+    raw.token = num(1, "token")?;
     // `created` is absent only in fresh claims of earlier versions, whose millisecond
     // token was the claim's clock.
-    let created_at = opt(4).unwrap_or(token);
-    let since = opt(5).unwrap_or(created_at);
-    let outcome = || -> StoreResult<Outcome> {
+    raw.created_at = opt(4).unwrap_or(raw.token);
+    let since = opt(5).unwrap_or(raw.created_at);
+    raw.attempts = opt(3).unwrap_or(1);
+    if state == record::STATE_IN_PROGRESS {
+        raw.updated_at = since;
+        raw.lease_until = Some(since.saturating_add(num(6, "lease")?));
+    } else {
+        let at = num(8, "settled")?;
+        raw.updated_at = at;
+        raw.expires_at = Some(at.saturating_add(num(7, "ttl")?));
         let enc = f.get(9).and_then(as_string).unwrap_or_default();
         let (codec, compression) = enc
             .split_once(':')
-            .and_then(|(c, z)| Some((c.parse::<u8>().ok()?, z.parse::<u8>().ok()?)))
-            .ok_or_else(|| corrupt(id, format!("field `enc` is `{enc}`")))?;
-        let codec = Codec::from_u8(codec).ok_or_else(|| corrupt(id, "unknown codec"))?;
-        let compression =
-            Compression::from_u8(compression).ok_or_else(|| corrupt(id, "unknown compression"))?;
-        let bytes = match f.get(10) {
-            Some(Value::BulkString(b)) => b.clone(),
-            _ => return Err(corrupt(id, "field `outcome` missing")),
+            .and_then(|(c, z)| Some((c.parse::<i64>().ok()?, z.parse::<i64>().ok()?)))
+            .ok_or_else(|| {
+                corrupt(
+                    id,
+                    format!("field `enc`: `{enc}` is not `codec:compression`"),
+                )
+            })?;
+        raw.codec = Some(codec);
+        raw.compression = Some(compression);
+        raw.outcome = match f.get(10) {
+            Some(Value::BulkString(b)) => Some(b.clone()),
+            _ => None,
         };
-        Ok(Outcome {
-            codec,
-            compression,
-            bytes,
-        })
-    };
-    let settled = || -> StoreResult<(u64, Option<u64>)> {
-        let at = num(8, "settled")?;
-        Ok((at, Some(at.saturating_add(num(7, "ttl")?))))
-    };
-    let state_name = f.first().and_then(as_string).unwrap_or_default();
-    let (state, updated_at, expires_at) = match state_name.as_str() {
-        "p" => (
-            State::InProgress {
-                lease_until: since.saturating_add(num(6, "lease")?),
-            },
-            since,
-            None,
-        ),
-        "c" => {
-            let (at, exp) = settled()?;
-            (State::Completed(outcome()?), at, exp)
-        }
-        "f" => {
-            let (at, exp) = settled()?;
-            (State::Failed(outcome()?), at, exp)
-        }
-        other => return Err(corrupt(id, format!("unknown state `{other}`"))),
-    };
-    Ok(Record {
-        id: id.clone(),
-        fingerprint,
-        state,
-        token,
-        attempts: opt(3).map_or(1, |a| u32::try_from(a).unwrap_or(u32::MAX)),
-        created_at,
-        updated_at,
-        expires_at,
-    })
+    }
+    raw.decode()
 }
 
 #[async_trait]
 impl Store for RedisStore {
     async fn claim(&self, claim: &Claim) -> StoreResult<ClaimOutcome> {
         let id = &claim.id;
+        LIMITS.check_id(id)?;
         let (key, _) = self.layout.locate(id);
         let fp: &[u8] = match &claim.fingerprint {
             Some(f) => &f.0,
@@ -921,7 +906,8 @@ impl Store for RedisStore {
                     token: int_at(&items, 1, id)?,
                     lease_until: int_at(&items, 2, id)?,
                     takeover: (prev != 0).then_some(prev),
-                    attempt: u32::try_from(int_at(&items, 4, id)?).unwrap_or(u32::MAX),
+                    attempt: decode_attempts(items.get(4).and_then(as_i64).unwrap_or(-1))
+                        .map_err(|w| corrupt(id, format!("field `attempts`: {w}")))?,
                 })
             }
             2 => Ok(ClaimOutcome::Existing(parse_record(id, &items[2..])?)),
@@ -951,6 +937,7 @@ impl Store for RedisStore {
     }
 
     async fn release(&self, id: &RecordKey, token: Token) -> StoreResult<()> {
+        LIMITS.check_id(id)?;
         let (key, digest) = self.layout.locate(id);
         let v = self
             .eval(
@@ -968,6 +955,7 @@ impl Store for RedisStore {
     }
 
     async fn renew(&self, id: &RecordKey, token: Token, lease: Duration) -> StoreResult<Millis> {
+        LIMITS.check_id(id)?;
         let (key, _) = self.layout.locate(id);
         let v = self
             .eval(
