@@ -74,6 +74,9 @@ impl StoreFactory for RedisFactory {
 
 mod server_time {
     idemp::conformance_tests!(super::RedisFactory::server_time());
+    // The shared `LIMITS` (not yet in the default list: the memory store does not
+    // check them yet).
+    idemp::conformance_tests!(@cases (super::RedisFactory::server_time()) limits_are_honoured);
 }
 
 mod client_clock {

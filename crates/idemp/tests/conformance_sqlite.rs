@@ -121,6 +121,9 @@ impl Store for TwoWriters {
 
 mod one_store {
     idemp::conformance_tests!(super::SqliteFactory::new(false));
+    // The shared `LIMITS` (not yet in the default list: the memory store does not
+    // check them yet).
+    idemp::conformance_tests!(@cases (super::SqliteFactory::new(false)) limits_are_honoured);
 }
 
 mod two_writers_one_file {

@@ -97,11 +97,13 @@ use crate::store::{
 
 mod cases;
 mod edges;
+mod limits;
 mod model;
 mod storm;
 
 pub use cases::*;
 pub use edges::*;
+pub use limits::*;
 pub use model::*;
 pub use storm::*;
 
