@@ -401,9 +401,16 @@ async fn lua_edge_cases() {
         other => panic!("{other:?}"),
     }
 
-    // scopes and keys with tag characters, separators, unicode, empty
+    // an empty key and a NUL are refused (the shared `LIMITS`), before Redis is asked
+    for (s, k) in [("", ""), ("s", ""), ("s", "a\0b")] {
+        assert!(matches!(
+            store.claim(&Claim::new(id(s, k))).await,
+            Err(StoreError::Invalid(_))
+        ));
+    }
+    // scopes and keys with tag characters, separators, unicode, an empty scope
     let weird = [
-        ("", ""),
+        ("", "k"),
         ("{", "}"),
         ("a}", "{b"),
         ("x\u{1f}y", "z"),

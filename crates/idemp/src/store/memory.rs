@@ -92,8 +92,8 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::{
-    Claim, ClaimOutcome, Fingerprint, ListQuery, Outcome, Page, Record, RecordKey, State, Stats,
-    Store, StoreError, StoreResult, Token,
+    Claim, ClaimOutcome, Fingerprint, LIMITS, ListQuery, Outcome, Page, Record, RecordKey, State,
+    Stats, Store, StoreError, StoreResult, Token,
 };
 use crate::clock::{self, Millis, SharedClock, duration_ms};
 
@@ -358,10 +358,11 @@ impl MemoryStore {
     }
 
     fn claim_sync(&self, claim: &Claim) -> StoreResult<ClaimOutcome> {
+        LIMITS.check_id(&claim.id)?;
         let hash = self.hash(&claim.id);
         let now = self.clock.now_ms();
-        let lease_until = now.saturating_add(duration_ms(claim.lease));
-        let ttl_ms = duration_ms(claim.ttl);
+        let lease_until = now.saturating_add(LIMITS.capped_ms(claim.lease));
+        let ttl_ms = LIMITS.capped_ms(claim.ttl);
         let mut stale_waiters = None;
         let mut evicted_waiters = Vec::new();
         let outcome = {
@@ -515,7 +516,7 @@ impl MemoryStore {
         let waiters = self.with_owned(id, token, |e, now| {
             e.state = state;
             e.updated_at = now;
-            e.expires_at = Some(now.saturating_add(duration_ms(ttl)));
+            e.expires_at = Some(now.saturating_add(LIMITS.capped_ms(ttl)));
             (false, e.waiters.take())
         })?;
         wake(waiters);
@@ -789,6 +790,8 @@ impl Store for MemoryStore {
         outcome: Outcome,
         ttl: Duration,
     ) -> StoreResult<()> {
+        LIMITS.check_id(id)?;
+        LIMITS.check_outcome(&outcome)?;
         self.settle(id, token, State::Completed(outcome), ttl)
     }
 
@@ -799,16 +802,20 @@ impl Store for MemoryStore {
         outcome: Outcome,
         ttl: Duration,
     ) -> StoreResult<()> {
+        LIMITS.check_id(id)?;
+        LIMITS.check_outcome(&outcome)?;
         self.settle(id, token, State::Failed(outcome), ttl)
     }
 
     async fn release(&self, id: &RecordKey, token: Token) -> StoreResult<()> {
+        LIMITS.check_id(id)?;
         self.with_owned(id, token, |_, _| (true, ()))
     }
 
     async fn renew(&self, id: &RecordKey, token: Token, lease: Duration) -> StoreResult<Millis> {
+        LIMITS.check_id(id)?;
         self.with_owned(id, token, |e, now| {
-            let lease_until = now.saturating_add(duration_ms(lease));
+            let lease_until = now.saturating_add(LIMITS.capped_ms(lease));
             e.state = State::InProgress { lease_until };
             e.updated_at = now;
             (false, lease_until)

@@ -34,6 +34,10 @@
 //! * An in-progress record abandoned by its owner stays (ambiguous) until
 //!   `lease_until + ttl`, however short the ttl is next to the lease; its owner may
 //!   settle it until someone takes it over.
+//! * Every store honours the same [`LIMITS`]: a key or scope longer than its limit, an
+//!   empty key, a NUL character or an outcome over `max_outcome_bytes` is refused with
+//!   [`StoreError::Invalid`] before the backend is touched; durations are capped at
+//!   `max_duration`.
 //! * A write that fails with [`StoreError::Unavailable`] or [`StoreError::Backend`] may
 //!   have been applied ([`StoreError::outcome_unknown`]); every other error means it
 //!   changed nothing.
@@ -50,6 +54,7 @@ use serde::{Deserialize, Serialize};
 use crate::clock::Millis;
 
 pub mod memory;
+pub mod record;
 pub mod sweeper;
 pub mod url;
 
@@ -63,6 +68,7 @@ pub mod redis;
 pub mod postgres;
 
 pub use memory::MemoryStore;
+pub use record::{LIMITS, Limits};
 pub use sweeper::{SweepTotals, Sweeper, SweeperBuilder};
 pub use url::{StoreUrl, StoreUrlError};
 
@@ -545,6 +551,17 @@ pub type StoreResult<T> = Result<T, StoreError>;
 ///
 /// Implement it to bring your own backend, then run the `testkit` conformance suite
 /// against it.
+///
+/// ## Limits
+///
+/// Every store accepts exactly the sizes of [`LIMITS`] (see [`Limits`]): scope and key
+/// up to `max_scope_bytes` / `max_key_bytes` (a non-empty key, no NUL character), an
+/// outcome up to `max_outcome_bytes`. An argument over a limit is refused with
+/// [`StoreError::Invalid`] (kind [`ErrorKind::Invalid`]) before the backend is touched,
+/// so nothing changed. Leases, ttls and timeouts longer than `max_duration` (up to
+/// `Duration::MAX`) are accepted and capped. A store of your own should check
+/// [`Limits::check_id`] and [`Limits::check_outcome`] first, and decode its rows with
+/// [`record::RawRecord::decode`].
 #[async_trait]
 pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Atomically claims `claim.id`.

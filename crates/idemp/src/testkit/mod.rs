@@ -97,11 +97,13 @@ use crate::store::{
 
 mod cases;
 mod edges;
+mod limits;
 mod model;
 mod storm;
 
 pub use cases::*;
 pub use edges::*;
+pub use limits::*;
 pub use model::*;
 pub use storm::*;
 
@@ -381,6 +383,7 @@ pub const CASES: &[&str] = &[
     "waiter_leaves_a_repeatable_read_owner_alone",
     "waiter_woken_after_release_and_reclaim",
     "lost_settle_reply_is_resolved",
+    "limits_are_honoured",
 ];
 
 /// Runs every case against stores from `factory`, one after the other, panicking at
@@ -420,6 +423,7 @@ pub async fn run_all<F: StoreFactory + ?Sized>(factory: &F) {
     waiter_leaves_a_repeatable_read_owner_alone(factory).await;
     waiter_woken_after_release_and_reclaim(factory).await;
     lost_settle_reply_is_resolved(factory).await;
+    limits_are_honoured(factory).await;
 }
 
 /// Runs a future on a fresh multi-threaded runtime (4 workers): what
@@ -482,6 +486,7 @@ macro_rules! conformance_tests {
             waiter_leaves_a_repeatable_read_owner_alone,
             waiter_woken_after_release_and_reclaim,
             lost_settle_reply_is_resolved,
+            limits_are_honoured,
         );
     };
     (@cases ($factory:expr) $($case:ident),* $(,)?) => {

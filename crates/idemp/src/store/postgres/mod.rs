@@ -69,8 +69,14 @@
 //! # Ok(()) }
 //! ```
 
+mod connect;
+mod decode;
+mod errors;
 mod listen;
+mod migrations;
+mod options;
 mod sql;
+mod sweep;
 
 use std::fmt;
 use std::str::FromStr;
@@ -83,145 +89,30 @@ use tokio::task::JoinHandle;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{NoTls, Row};
 
+use super::record::{LIMITS, RawRecord, corrupt, decode_attempts, decode_ms, decode_token, fenced};
 use super::{
-    Claim, ClaimOutcome, Codec, Compression, Fingerprint, ListQuery, Outcome, Page, Record,
-    RecordKey, State, Stats, Store, StoreError, StoreResult, StoreUrl, Token,
+    Claim, ClaimOutcome, ListQuery, Outcome, Page, Record, RecordKey, State, Stats, Store,
+    StoreError, StoreResult, StoreUrl, Token,
 };
-use crate::clock::{Millis, SharedClock, duration_ms};
+use crate::clock::{Millis, SharedClock};
+use decode::*;
+use errors::*;
 use listen::Waiters;
+use migrations::*;
+pub use options::PostgresOptions;
+use options::check_schema;
 use sql::{Sql, col, state};
 
 /// The schema version this build writes and understands.
 pub const SCHEMA_VERSION: i32 = sql::MIGRATIONS.len() as i32;
 
-/// Longest `scope` + `key` accepted, in bytes (a B-tree index entry must fit in a page).
-pub const MAX_KEY_BYTES: usize = 2048;
-
-/// Durations are clamped to this (100 years) so `now + ttl` never overflows.
-const MAX_DURATION_MS: i64 = 100 * 365 * 24 * 3600 * 1000;
+/// Longest `scope` + `key` accepted, in bytes: the shared [`LIMITS`] (a B-tree index
+/// entry must fit in a page).
+pub const MAX_KEY_BYTES: usize = LIMITS.max_scope_bytes + LIMITS.max_key_bytes;
 
 /// How often `claim` re-runs after losing a race to a concurrent commit it could not
 /// see yet (rare; each retry takes a fresh snapshot).
 const CLAIM_ROUNDS: usize = 16;
-
-/// Settings of a [`PostgresStore`]. Start from `Default` and use the setters.
-#[derive(Clone)]
-#[non_exhaustive]
-pub struct PostgresOptions {
-    /// Schema of idemp's tables (default `idemp`).
-    pub schema: String,
-    /// Connections in the pool (default 16). The LISTEN connection, opened on the
-    /// first `wait`, is one more.
-    pub pool_size: usize,
-    /// How often the background sweeper deletes expired rows; `None` disables it
-    /// (call [`Store::sweep`] yourself). Default 5 min (a sweep reads the whole table).
-    pub sweep_interval: Option<Duration>,
-    /// Table pages (8 KiB) each sweep statement scans (default 1024, 8 MiB): a sweep
-    /// walks the whole table in such slices.
-    pub sweep_batch: u32,
-    /// How long a released or purged key keeps its tombstone row (default 10 min).
-    pub tombstone_retention: Duration,
-    /// A waiter re-reads the record at least this often even without a notification
-    /// (default 1 s).
-    pub wait_recheck: Duration,
-    /// Client clock instead of the server's (tests); `None` uses the server's time.
-    pub clock: Option<SharedClock>,
-    /// `application_name` of the connections, unless the URL sets one (default `idemp`).
-    pub application_name: String,
-    /// Connect timeout (default 5 s).
-    pub connect_timeout: Duration,
-    /// How long an operation waits for a free pooled connection before it fails with
-    /// [`StoreError::Unavailable`] (default 5 s; a `wait` never waits past its own
-    /// deadline).
-    pub acquire_timeout: Duration,
-}
-
-impl Default for PostgresOptions {
-    fn default() -> Self {
-        Self {
-            schema: "idemp".into(),
-            pool_size: 16,
-            sweep_interval: Some(Duration::from_secs(300)),
-            sweep_batch: 1024,
-            tombstone_retention: Duration::from_secs(600),
-            wait_recheck: Duration::from_secs(1),
-            clock: None,
-            application_name: "idemp".into(),
-            connect_timeout: Duration::from_secs(5),
-            acquire_timeout: Duration::from_secs(5),
-        }
-    }
-}
-
-impl fmt::Debug for PostgresOptions {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PostgresOptions")
-            .field("schema", &self.schema)
-            .field("pool_size", &self.pool_size)
-            .field("sweep_interval", &self.sweep_interval)
-            .field("sweep_batch", &self.sweep_batch)
-            .field("tombstone_retention", &self.tombstone_retention)
-            .field("wait_recheck", &self.wait_recheck)
-            .field("acquire_timeout", &self.acquire_timeout)
-            .field("client_clock", &self.clock.is_some())
-            .field("application_name", &self.application_name)
-            .field("connect_timeout", &self.connect_timeout)
-            .finish()
-    }
-}
-
-impl PostgresOptions {
-    /// Sets the schema.
-    pub fn schema(mut self, schema: impl Into<String>) -> Self {
-        self.schema = schema.into();
-        self
-    }
-    /// Sets the pool size (at least 1).
-    pub fn pool_size(mut self, n: usize) -> Self {
-        self.pool_size = n.max(1);
-        self
-    }
-    /// Sets the sweeper interval (`None` disables the sweeper).
-    pub fn sweep_interval(mut self, every: Option<Duration>) -> Self {
-        self.sweep_interval = every;
-        self
-    }
-    /// Sets how many table pages each sweep statement scans (at least 1).
-    pub fn sweep_batch(mut self, n: u32) -> Self {
-        self.sweep_batch = n.max(1);
-        self
-    }
-    /// Sets how long tombstones of released or purged keys are kept.
-    pub fn tombstone_retention(mut self, d: Duration) -> Self {
-        self.tombstone_retention = d;
-        self
-    }
-    /// Sets the waiters' safety re-check interval.
-    pub fn wait_recheck(mut self, d: Duration) -> Self {
-        self.wait_recheck = d.max(Duration::from_millis(1));
-        self
-    }
-    /// Uses a client clock instead of the server's time (tests).
-    pub fn clock(mut self, clock: Option<SharedClock>) -> Self {
-        self.clock = clock;
-        self
-    }
-    /// Sets the connections' `application_name`.
-    pub fn application_name(mut self, name: impl Into<String>) -> Self {
-        self.application_name = name.into();
-        self
-    }
-    /// Sets the connect timeout.
-    pub fn connect_timeout(mut self, d: Duration) -> Self {
-        self.connect_timeout = d;
-        self
-    }
-    /// Sets [`acquire_timeout`](Self::acquire_timeout).
-    pub fn acquire_timeout(mut self, d: Duration) -> Self {
-        self.acquire_timeout = d;
-        self
-    }
-}
 
 /// A [`Store`] in PostgreSQL. Cheap to clone (clones share the pool and background
 /// tasks, which stop when the last clone is dropped).
@@ -271,277 +162,7 @@ impl fmt::Debug for PostgresStore {
     }
 }
 
-/// The schema identifier rules: 1-63 of `[A-Za-z0-9_]`, not starting with a digit.
-fn check_schema(schema: &str) -> StoreResult<()> {
-    let ok = !schema.is_empty()
-        && schema.len() <= 63
-        && schema
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        && !schema.as_bytes()[0].is_ascii_digit();
-    if ok {
-        Ok(())
-    } else {
-        Err(StoreError::Invalid(format!(
-            "schema `{schema}` must be 1-63 characters of [A-Za-z0-9_], not starting with a digit"
-        )))
-    }
-}
-
-fn check_id(id: &RecordKey) -> StoreResult<()> {
-    if id.scope.contains('\0') || id.key.contains('\0') {
-        return Err(StoreError::Invalid(format!(
-            "{id:?}: Postgres text cannot hold NUL characters"
-        )));
-    }
-    if id.scope.len() + id.key.len() > MAX_KEY_BYTES {
-        return Err(StoreError::Invalid(format!(
-            "scope + key is {} bytes; the Postgres store accepts at most {MAX_KEY_BYTES}",
-            id.scope.len() + id.key.len()
-        )));
-    }
-    Ok(())
-}
-
-fn ms(d: Duration) -> i64 {
-    i64::try_from(duration_ms(d))
-        .unwrap_or(i64::MAX)
-        .min(MAX_DURATION_MS)
-}
-
-/// A token as stored; tokens above `i64::MAX` are never issued, so they match nothing.
-fn token_param(token: Token) -> i64 {
-    i64::try_from(token).unwrap_or(-1)
-}
-
-fn unsigned(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
-/// Maps a client error: connection trouble is `Unavailable` (with the cause), schema
-/// trouble `Incompatible`, bad values `Invalid`.
-fn pg_error(op: &str, e: tokio_postgres::Error) -> StoreError {
-    if let Some(db) = e.as_db_error() {
-        let code = db.code().code();
-        let what = format!("postgres {op}: {} (SQLSTATE {code})", db.message());
-        return match code {
-            // connection exceptions, shutdown, too many connections, out of resources
-            c if c.starts_with("08") || c.starts_with("57P") || c.starts_with("53") => {
-                StoreError::Unavailable(what)
-            }
-            // statement timeout / cancel request, lock timeout: the server gave up on
-            // this statement; trying again later may succeed
-            "57014" | "55P03" => StoreError::Unavailable(format!("{what}: cancelled or timed out")),
-            // serialization failure / deadlock: the caller's transaction must be retried
-            "40001" | "40P01" => StoreError::Unavailable(format!(
-                "{what}: a concurrent transaction touched the record; retry the transaction"
-            )),
-            // undefined schema / table / column / function: dropped or altered
-            "3F000" | "42P01" | "42703" | "42883" => {
-                StoreError::Incompatible(format!("{what}: idemp's tables are missing or altered"))
-            }
-            // bad encoding, value too long for an index entry
-            "22021" | "54000" => StoreError::Invalid(what),
-            _ => StoreError::Backend(Box::new(e)),
-        };
-    }
-    if e.is_closed() || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>()) {
-        return StoreError::Unavailable(format!("postgres {op}: {e}"));
-    }
-    // Other client-side errors (protocol, timeouts, unexpected messages) while talking
-    // to the server: the outcome is unknown, the connection is suspect.
-    StoreError::Unavailable(format!("postgres {op}: {e}"))
-}
-
-fn pool_error(op: &str, e: PoolError) -> StoreError {
-    match e {
-        PoolError::Backend(e) => pg_error(op, e),
-        other => StoreError::Unavailable(format!("postgres {op}: connection pool: {other}")),
-    }
-}
-
-fn corrupt(id: &RecordKey, reason: impl fmt::Display) -> StoreError {
-    StoreError::Corrupt {
-        id: id.clone(),
-        reason: reason.to_string(),
-    }
-}
-
-/// Reads a record from the standard columns (`state` must be 0, 1 or 2).
-fn decode(row: &Row) -> StoreResult<Record> {
-    let scope: String = row
-        .try_get(col::SCOPE)
-        .map_err(|e| StoreError::Incompatible(format!("unexpected row shape: {e}")))?;
-    let key: String = row
-        .try_get(col::KEY)
-        .map_err(|e| StoreError::Incompatible(format!("unexpected row shape: {e}")))?;
-    let id = RecordKey::new(scope, key);
-    let bad = |e: tokio_postgres::Error| corrupt(&id, e);
-    let fingerprint = match row
-        .try_get::<_, Option<&[u8]>>(col::FINGERPRINT)
-        .map_err(bad)?
-    {
-        None => None,
-        Some(b) => Some(Fingerprint(b.try_into().map_err(|_| {
-            corrupt(&id, format!("fingerprint of {} bytes", b.len()))
-        })?)),
-    };
-    let st: i16 = row.try_get(col::STATE).map_err(bad)?;
-    let token: i64 = row.try_get(col::TOKEN).map_err(bad)?;
-    let attempts: i32 = row.try_get(col::ATTEMPTS).map_err(bad)?;
-    let created_at: i64 = row.try_get(col::CREATED_AT).map_err(bad)?;
-    let updated_at: i64 = row.try_get(col::UPDATED_AT).map_err(bad)?;
-    let expires_at: i64 = row.try_get(col::EXPIRES_AT).map_err(bad)?;
-    let outcome = |row: &Row| -> StoreResult<Outcome> {
-        let codec: Option<i16> = row.try_get(col::CODEC).map_err(bad)?;
-        let compression: Option<i16> = row.try_get(col::COMPRESSION).map_err(bad)?;
-        let bytes: Option<Vec<u8>> = row.try_get(col::OUTCOME).map_err(bad)?;
-        let codec = codec
-            .and_then(|c| u8::try_from(c).ok())
-            .and_then(Codec::from_u8)
-            .ok_or_else(|| corrupt(&id, format!("unknown codec {codec:?}")))?;
-        let compression = compression
-            .and_then(|c| u8::try_from(c).ok())
-            .and_then(Compression::from_u8)
-            .ok_or_else(|| corrupt(&id, format!("unknown compression {compression:?}")))?;
-        Ok(Outcome {
-            codec,
-            compression,
-            bytes: bytes.unwrap_or_default(),
-        })
-    };
-    let (state, expires) = match st {
-        state::IN_PROGRESS => {
-            let lease_until: Option<i64> = row.try_get(col::LEASE_UNTIL).map_err(bad)?;
-            let lease_until =
-                lease_until.ok_or_else(|| corrupt(&id, "in progress without a lease"))?;
-            (
-                State::InProgress {
-                    lease_until: unsigned(lease_until),
-                },
-                None,
-            )
-        }
-        state::COMPLETED => (State::Completed(outcome(row)?), Some(unsigned(expires_at))),
-        state::FAILED => (State::Failed(outcome(row)?), Some(unsigned(expires_at))),
-        other => return Err(corrupt(&id, format!("unknown state {other}"))),
-    };
-    Ok(Record {
-        fingerprint,
-        state,
-        token: unsigned(token),
-        attempts: u32::try_from(attempts).unwrap_or(0),
-        created_at: unsigned(created_at),
-        updated_at: unsigned(updated_at),
-        expires_at: expires,
-        id,
-    })
-}
-
 impl PostgresStore {
-    /// Connects using a parsed store URL (`StoreUrl::Postgres`).
-    pub async fn connect_url(url: &StoreUrl) -> StoreResult<Self> {
-        let StoreUrl::Postgres { url, schema } = url else {
-            return Err(StoreError::Invalid(format!(
-                "{url} is not a postgres:// store URL"
-            )));
-        };
-        let mut opts = PostgresOptions::default();
-        if let Some(s) = schema {
-            opts.schema = s.clone();
-        }
-        let (client_url, pool_size) = take_pool_size(url)?;
-        if let Some(n) = pool_size {
-            opts = opts.pool_size(n);
-        }
-        Self::connect_with(&client_url, opts).await
-    }
-
-    /// Connects with a store URL string (`postgres://…[?schema=S][&pool_size=N]`).
-    pub async fn connect(url: &str) -> StoreResult<Self> {
-        let parsed: StoreUrl = url
-            .parse()
-            .map_err(|e: super::StoreUrlError| StoreError::Invalid(e.to_string()))?;
-        Self::connect_url(&parsed).await
-    }
-
-    /// Connects with a client URL or `key=value` connection string (as understood by
-    /// `tokio_postgres::Config`, without idemp's own parameters) and options.
-    pub async fn connect_with(conn: &str, opts: PostgresOptions) -> StoreResult<Self> {
-        let config = tokio_postgres::Config::from_str(conn).map_err(|e| {
-            StoreError::Invalid(format!(
-                "postgres connection string `{}`: {e}",
-                super::url::mask_password(conn)
-            ))
-        })?;
-        Self::connect_config(config, opts).await
-    }
-
-    /// Connects with a ready `tokio_postgres::Config`.
-    pub async fn connect_config(
-        mut config: tokio_postgres::Config,
-        opts: PostgresOptions,
-    ) -> StoreResult<Self> {
-        check_schema(&opts.schema)?;
-        if config.get_application_name().is_none() {
-            config.application_name(&opts.application_name);
-        }
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(opts.connect_timeout);
-        }
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(opts.pool_size.max(1))
-            .runtime(Runtime::Tokio1)
-            .create_timeout(Some(opts.connect_timeout))
-            .wait_timeout(Some(opts.acquire_timeout))
-            .recycle_timeout(Some(opts.connect_timeout))
-            .build()
-            .map_err(|e| StoreError::Invalid(format!("postgres pool: {e}")))?;
-        let quoted = format!("\"{}\"", opts.schema);
-        let mut channel = format!("idemp_{}", opts.schema);
-        channel.truncate(63);
-        migrate(&pool, &opts.schema, &quoted).await?;
-        let core = Arc::new(Core {
-            sql: Sql::new(&quoted, &channel),
-            pool,
-            schema: opts.schema.clone(),
-            channel,
-            pg_config: config,
-            waiters: Arc::new(Waiters::default()),
-            opts,
-        });
-        let sweeper = core.opts.sweep_interval.map(|every| {
-            let core = core.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                tick.tick().await;
-                loop {
-                    tick.tick().await;
-                    match core.sweep().await {
-                        Ok(0) => {}
-                        Ok(n) => tracing::debug!(removed = n, "idemp postgres sweep"),
-                        Err(e) => tracing::warn!(error = %e, "idemp postgres sweep failed"),
-                    }
-                }
-            })
-        });
-        Ok(Self {
-            core,
-            tasks: Arc::new(Tasks {
-                sweeper,
-                listener: OnceLock::new(),
-            }),
-        })
-    }
-
     /// The connection pool (for your own transactions, e.g. with
     /// [`complete_in`](Self::complete_in)).
     pub fn pool(&self) -> &Pool {
@@ -647,6 +268,7 @@ impl PostgresStore {
         ttl: Duration,
     ) -> StoreResult<()> {
         check_id(id)?;
+        LIMITS.check_outcome(&outcome)?;
         let now = self.core.now_param();
         let tok = token_param(token);
         let codec = i16::from(outcome.codec.as_u8());
@@ -682,6 +304,7 @@ impl PostgresStore {
         ttl: Duration,
     ) -> StoreResult<()> {
         check_id(id)?;
+        LIMITS.check_outcome(&outcome)?;
         let now = self.core.now_param();
         let tok = token_param(token);
         let codec = i16::from(outcome.codec.as_u8());
@@ -796,136 +419,6 @@ impl PostgresStore {
     }
 }
 
-/// Reads the (changed, notified, current) row of a compare-and-set statement:
-/// `Ok(None)` when it changed the record, `Ok(Some(current))` when fenced.
-fn read_cas(id: &RecordKey, row: Option<&Row>) -> StoreResult<Option<Option<u64>>> {
-    let row = row.ok_or_else(|| StoreError::Incompatible("no result row".into()))?;
-    let changed: i64 = row.try_get(0).map_err(|e| corrupt(id, e))?;
-    if changed == 1 {
-        return Ok(None);
-    }
-    let current: Option<i64> = row.try_get(2).map_err(|e| corrupt(id, e))?;
-    Ok(Some(current.map(unsigned)))
-}
-
-fn fenced(id: &RecordKey, token: Token, current: Option<u64>) -> StoreError {
-    StoreError::Fenced {
-        id: id.clone(),
-        token,
-        current,
-    }
-}
-
-/// Takes `pool_size=N` out of a client URL.
-fn take_pool_size(url: &str) -> StoreResult<(String, Option<usize>)> {
-    let Some((base, query)) = url.split_once('?') else {
-        return Ok((url.to_string(), None));
-    };
-    let mut kept = Vec::new();
-    let mut size = None;
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=') {
-            Some(("pool_size", v)) => {
-                let n: usize = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-                    StoreError::Invalid(format!("pool_size `{v}` is not a positive number"))
-                })?;
-                size = Some(n);
-            }
-            _ => kept.push(pair),
-        }
-    }
-    let url = if kept.is_empty() {
-        base.to_string()
-    } else {
-        format!("{base}?{}", kept.join("&"))
-    };
-    Ok((url, size))
-}
-
-/// Creates or upgrades the schema, serialised across processes by an advisory lock.
-async fn migrate(pool: &Pool, schema: &str, quoted: &str) -> StoreResult<()> {
-    let mut client = pool.get().await.map_err(|e| pool_error("connect", e))?;
-    let tx = client
-        .transaction()
-        .await
-        .map_err(|e| pg_error("migrate", e))?;
-    match migrate_in(&tx, schema, quoted).await {
-        Ok(()) => tx.commit().await.map_err(|e| pg_error("migrate", e)),
-        Err(e) => {
-            // Release the lock and the snapshot now, not when the connection closes.
-            let _ = tx.rollback().await;
-            Err(e)
-        }
-    }
-}
-
-async fn migrate_in(
-    tx: &deadpool_postgres::Transaction<'_>,
-    schema: &str,
-    quoted: &str,
-) -> StoreResult<()> {
-    let err = |e| pg_error("migrate", e);
-    tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))",
-        &[&format!("idemp.migrate.{schema}")],
-    )
-    .await
-    .map_err(err)?;
-    let exists = |table: &'static str| {
-        let name = format!("{quoted}.{table}");
-        async move {
-            tx.query_one("SELECT to_regclass($1::text) IS NOT NULL", &[&name])
-                .await
-                .and_then(|r| r.try_get::<_, bool>(0))
-                .map_err(err)
-        }
-    };
-    if !exists("schema_version").await? {
-        if exists("records").await? {
-            return Err(StoreError::Incompatible(format!(
-                "schema `{schema}` has a `records` table but no idemp schema_version: not an idemp store"
-            )));
-        }
-        tx.batch_execute(&format!(
-            "CREATE SCHEMA IF NOT EXISTS {quoted};
-             CREATE TABLE {quoted}.schema_version (
-                 singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
-                 version integer NOT NULL,
-                 migrated_at timestamptz NOT NULL DEFAULT now());
-             INSERT INTO {quoted}.schema_version (version) VALUES (0);"
-        ))
-        .await
-        .map_err(err)?;
-    }
-    let version: i32 = tx
-        .query_one(&format!("SELECT version FROM {quoted}.schema_version"), &[])
-        .await
-        .and_then(|r| r.try_get(0))
-        .map_err(err)?;
-    if version > SCHEMA_VERSION {
-        return Err(StoreError::Incompatible(format!(
-            "schema `{schema}` is at version {version}, newer than this idemp understands ({SCHEMA_VERSION}): upgrade idemp"
-        )));
-    }
-    if version < SCHEMA_VERSION {
-        let start = usize::try_from(version).unwrap_or(0);
-        for migration in &sql::MIGRATIONS[start..] {
-            tx.batch_execute(&migration.replace("__SCHEMA__", quoted))
-                .await
-                .map_err(err)?;
-        }
-        tx.execute(
-            &format!(
-                "UPDATE {quoted}.schema_version SET version = $1::integer, migrated_at = now()"
-            ),
-            &[&SCHEMA_VERSION],
-        )
-        .await
-        .map_err(err)?;
-    }
-    Ok(())
-}
-
 impl Core {
     fn now_param(&self) -> Option<i64> {
         self.opts
@@ -969,43 +462,6 @@ impl Core {
             }
         }
     }
-
-    async fn sweep(&self) -> StoreResult<u64> {
-        let chunk = i64::from(self.opts.sweep_batch.max(1));
-        let client = self.pool.get().await.map_err(|e| pool_error("sweep", e))?;
-        let err = |e| pg_error("sweep", e);
-        let pages_stmt = client.prepare_cached(&self.sql.pages).await.map_err(err)?;
-        let pages: i64 = client
-            .query_one(&pages_stmt, &[])
-            .await
-            .and_then(|r| r.try_get(0))
-            .map_err(err)?;
-        let sweep = client.prepare_cached(&self.sql.sweep).await.map_err(err)?;
-        let mut total = 0u64;
-        let mut first = 0i64;
-        // Pages added while sweeping hold fresh rows; the next pass gets them.
-        while first <= pages {
-            let now = self.now_param();
-            let after = first.saturating_add(chunk);
-            total += client
-                .execute(&sweep, &[&now, &first, &after])
-                .await
-                .map_err(err)?;
-            first = after;
-        }
-        Ok(total)
-    }
-}
-
-/// Whether `e` means the connection is broken (the classification of [`pg_error`]).
-fn is_connection_error(e: &tokio_postgres::Error) -> bool {
-    match e.as_db_error() {
-        Some(db) => {
-            let c = db.code().code();
-            c.starts_with("08") || c.starts_with("57P") || c.starts_with("53")
-        }
-        None => true,
-    }
 }
 
 #[async_trait]
@@ -1037,11 +493,17 @@ impl Store for PostgresStore {
                 let prev: Option<i64> = row.try_get(col::PREV_TOKEN).map_err(bad)?;
                 let lease_until: Option<i64> = row.try_get(col::LEASE_UNTIL).map_err(bad)?;
                 let attempts: i32 = row.try_get(col::ATTEMPTS).map_err(bad)?;
+                let field = |f: &str, why: String| corrupt(id, format!("field `{f}`: {why}"));
                 return Ok(ClaimOutcome::Acquired {
-                    token: unsigned(token),
-                    lease_until: unsigned(lease_until.unwrap_or_default()),
-                    takeover: prev.map(unsigned),
-                    attempt: u32::try_from(attempts).unwrap_or(0),
+                    token: decode_token(token).map_err(|w| field("token", w))?,
+                    lease_until: decode_ms(lease_until.unwrap_or_default())
+                        .map_err(|w| field("lease_until", w))?,
+                    takeover: prev
+                        .map(decode_token)
+                        .transpose()
+                        .map_err(|w| field("prev_token", w))?,
+                    attempt: decode_attempts(i64::from(attempts))
+                        .map_err(|w| field("attempts", w))?,
                 });
             }
             // The row as of our snapshot. If it looks dead or claimable, the upsert saw a
@@ -1313,6 +775,7 @@ impl Store for PostgresStore {
 
 #[cfg(test)]
 mod tests {
+    use super::connect::take_pool_size;
     use super::*;
 
     #[test]
@@ -1351,7 +814,7 @@ mod tests {
     #[test]
     fn durations_are_clamped() {
         assert_eq!(ms(Duration::from_millis(5)), 5);
-        assert_eq!(ms(Duration::MAX), MAX_DURATION_MS);
+        assert_eq!(ms(Duration::MAX), LIMITS.max_duration_ms() as i64);
         assert_eq!(token_param(u64::MAX), -1);
     }
 }

@@ -36,6 +36,14 @@ pub(super) mod state {
     pub const IN_PROGRESS: i16 = 0;
     pub const COMPLETED: i16 = 1;
     pub const FAILED: i16 = 2;
+
+    // The shared decoder reads these codes: they must be the record model's.
+    use crate::store::record as r;
+    const _: () = assert!(
+        IN_PROGRESS as i64 == r::STATE_IN_PROGRESS
+            && COMPLETED as i64 == r::STATE_COMPLETED
+            && FAILED as i64 == r::STATE_FAILED
+    );
 }
 
 fn cols(a: &str) -> String {

@@ -85,10 +85,15 @@
 //! a primary with replicas but no [`RedisOptions::wait_replicas`] (a failover may
 //! lose acknowledged writes; see [`replicas`]).
 
+mod connect;
+mod decode;
 mod durability;
+mod errors;
 mod layout;
 mod notify;
+mod options;
 pub mod replicas;
+mod scripts;
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
@@ -99,24 +104,29 @@ use ::redis::cluster_async::ClusterConnection;
 use ::redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use ::redis::{Cmd, ErrorKind, RedisError, Script, ServerErrorKind, Value};
 
+use super::record::{self, RawRecord, corrupt, decode_attempts};
 use super::*;
-use crate::clock::{Millis, SharedClock, duration_ms};
+use crate::clock::{Millis, SharedClock};
 
+use connect::*;
+use decode::*;
 pub use durability::DurabilityReport;
+use errors::*;
 pub use layout::DEFAULT_PREFIX;
 use layout::Layout;
 #[cfg(test)]
 use layout::{digest_of_key, record_digest};
 use notify::Notifier;
+pub use options::RedisOptions;
+use options::check_prefix;
 pub use replicas::{ReplicationInfo, WaitReplicas};
+use scripts::*;
 
 /// Tokens stay unique while the server clock steps back by less than this (real clock).
 const GUARD_MS: u64 = 5_000;
 /// With a client clock (tests), which need not follow real time, keep the token
 /// counter of gone records much longer.
 const CLIENT_CLOCK_GUARD_MS: u64 = 3_600_000;
-/// Leases and ttls are clamped to 100 years (Lua numbers are doubles).
-const MAX_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
 /// Poll interval of `wait` while notifications flow (a safety net only).
 const NOTIFIED_POLL: Duration = Duration::from_millis(500);
 /// `SCAN … COUNT`: `list` and `stats` walk the whole database (every prefix), so large
@@ -124,90 +134,6 @@ const NOTIFIED_POLL: Duration = Duration::from_millis(500);
 const SCAN_COUNT: usize = 5_000;
 /// Keys fetched per batch by `list` and `stats`.
 const BATCH: usize = 256;
-
-struct Scripts {
-    claim: Script,
-    settle: Script,
-    release: Script,
-    renew: Script,
-    purge: Script,
-    get: Script,
-}
-
-const PRELUDE: &str = include_str!("lua/prelude.lua");
-
-static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
-    let s = |body: &str| Script::new(&format!("{PRELUDE}\n{body}"));
-    Scripts {
-        claim: s(include_str!("lua/claim.lua")),
-        settle: s(include_str!("lua/settle.lua")),
-        release: s(include_str!("lua/release.lua")),
-        renew: s(include_str!("lua/renew.lua")),
-        purge: s(include_str!("lua/purge.lua")),
-        get: s(include_str!("lua/get.lua")),
-    }
-});
-
-/// Connection options of [`RedisStore::connect_with`].
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct RedisOptions {
-    /// Key prefix; overrides the URL's `?prefix=`. Default: the URL's, else `idemp`.
-    pub prefix: Option<String>,
-    /// How long to wait for a reply before the operation fails as `Unavailable`
-    /// (default 5 s).
-    pub response_timeout: Duration,
-    /// How long to wait for a connection (default 2 s).
-    pub connection_timeout: Duration,
-    /// Reconnection attempts per failed connection before giving up until the next
-    /// operation (default 2).
-    pub reconnect_retries: usize,
-    /// Check the durability settings on connect and warn (default true).
-    pub check_durability: bool,
-    /// Wait for replicas after each write (default: no); see [`replicas`].
-    pub wait_replicas: Option<WaitReplicas>,
-}
-
-impl Default for RedisOptions {
-    fn default() -> Self {
-        Self {
-            prefix: None,
-            response_timeout: Duration::from_secs(5),
-            connection_timeout: Duration::from_secs(2),
-            reconnect_retries: 2,
-            check_durability: true,
-            wait_replicas: None,
-        }
-    }
-}
-
-impl RedisOptions {
-    /// Sets the key prefix.
-    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = Some(prefix.into());
-        self
-    }
-    /// Sets the response timeout.
-    pub fn response_timeout(mut self, d: Duration) -> Self {
-        self.response_timeout = d;
-        self
-    }
-    /// Sets the connection timeout.
-    pub fn connection_timeout(mut self, d: Duration) -> Self {
-        self.connection_timeout = d;
-        self
-    }
-    /// Sets the reconnection attempts.
-    pub fn reconnect_retries(mut self, n: usize) -> Self {
-        self.reconnect_retries = n;
-        self
-    }
-    /// Enables or disables the durability check on connect.
-    pub fn check_durability(mut self, yes: bool) -> Self {
-        self.check_durability = yes;
-        self
-    }
-}
 
 #[derive(Clone)]
 enum Conn {
@@ -241,97 +167,7 @@ impl fmt::Debug for RedisStore {
     }
 }
 
-fn check_prefix(p: &str) -> StoreResult<()> {
-    if p.is_empty() || p.len() > 200 || p.contains(['{', '}']) || p.chars().any(char::is_control) {
-        return Err(StoreError::Invalid(format!(
-            "redis key prefix `{p}` must be 1-200 characters without braces or control characters"
-        )));
-    }
-    Ok(())
-}
-
-fn ms(d: Duration) -> u64 {
-    duration_ms(d).min(MAX_MS)
-}
-
 impl RedisStore {
-    /// Connects to `redis://…` or `redis+cluster://…` (see [`StoreUrl`]).
-    pub async fn connect(url: &str) -> StoreResult<Self> {
-        let parsed: StoreUrl = url
-            .parse()
-            .map_err(|e: StoreUrlError| StoreError::Invalid(e.to_string()))?;
-        Self::connect_url(&parsed).await
-    }
-
-    /// Connects using a parsed store URL, with default options.
-    pub async fn connect_url(url: &StoreUrl) -> StoreResult<Self> {
-        Self::connect_with(url, RedisOptions::default()).await
-    }
-
-    /// Connects using a parsed store URL and options.
-    pub async fn connect_with(url: &StoreUrl, options: RedisOptions) -> StoreResult<Self> {
-        let wait_replicas = replicas::configured(url, &options)?;
-        let (conn, url_prefix, pubsub_clients) = match url {
-            StoreUrl::Redis { url: u, prefix, .. } => {
-                let client = ::redis::Client::open(u.as_str())
-                    .map_err(|e| StoreError::Invalid(format!("redis URL {url}: {e}")))?;
-                let config = ConnectionManagerConfig::new()
-                    .set_response_timeout(Some(options.response_timeout))
-                    .set_connection_timeout(Some(options.connection_timeout))
-                    .set_number_of_retries(options.reconnect_retries)
-                    .set_max_delay(Duration::from_secs(1));
-                let manager = client
-                    .get_connection_manager_with_config(config)
-                    .await
-                    .map_err(|e| unavailable(url, &e))?;
-                (Conn::Single(manager), prefix.clone(), vec![client])
-            }
-            StoreUrl::RedisCluster { nodes, prefix } => {
-                let client = ::redis::cluster::ClusterClient::builder(nodes.clone())
-                    .connection_timeout(options.connection_timeout)
-                    .response_timeout(options.response_timeout)
-                    .retries(options.reconnect_retries as u32)
-                    .build()
-                    .map_err(|e| StoreError::Invalid(format!("redis cluster URL {url}: {e}")))?;
-                let conn = client
-                    .get_async_connection()
-                    .await
-                    .map_err(|e| unavailable(url, &e))?;
-                let mut clients = Vec::new();
-                for n in nodes {
-                    clients.push(
-                        ::redis::Client::open(n.as_str())
-                            .map_err(|e| StoreError::Invalid(format!("redis node {n}: {e}")))?,
-                    );
-                }
-                (Conn::Cluster(conn), prefix.clone(), clients)
-            }
-            other => {
-                return Err(StoreError::Invalid(format!(
-                    "not a redis URL: {other} (expected redis:// or redis+cluster://)"
-                )));
-            }
-        };
-        let prefix = options
-            .prefix
-            .or(url_prefix)
-            .unwrap_or_else(|| DEFAULT_PREFIX.to_string());
-        check_prefix(&prefix)?;
-        let store = Self {
-            conn,
-            layout: Layout::new(&prefix),
-            clock: None,
-            notifier: Arc::new(Notifier::default()),
-            pubsub_clients,
-            server: url.to_string(),
-            wait_replicas,
-        };
-        if options.check_durability {
-            store.durability().await?.log(&store.server);
-        }
-        Ok(store)
-    }
-
     /// Uses `clock` instead of the server's `TIME` (for tests that move time by hand).
     ///
     /// Every worker sharing the records must then use the same clock. Native expiry
@@ -630,11 +466,7 @@ impl RedisStore {
     }
 
     fn fenced(&self, id: &RecordKey, token: Token, items: &[Value]) -> StoreError {
-        StoreError::Fenced {
-            id: id.clone(),
-            token,
-            current: items.get(1).and_then(as_u64),
-        }
+        record::fenced(id, token, items.get(1).and_then(as_u64))
     }
 
     async fn settle(
@@ -645,6 +477,8 @@ impl RedisStore {
         outcome: Outcome,
         ttl: Duration,
     ) -> StoreResult<()> {
+        LIMITS.check_id(id)?;
+        LIMITS.check_outcome(&outcome)?;
         let (key, digest) = self.layout.locate(id);
         let v = self
             .eval_replicated(
@@ -680,218 +514,11 @@ impl RedisStore {
     }
 }
 
-/// `EVALSHA <script> 1 <key>`; the caller appends the arguments.
-fn evalsha(script: &Script, key: &[u8]) -> Cmd {
-    let mut cmd = ::redis::cmd("EVALSHA");
-    cmd.arg(script.get_hash()).arg(1).arg(key);
-    cmd
-}
-
-/// Whether a Redis error means "the store cannot be reached / cannot serve now".
-fn is_unavailable(e: &RedisError) -> bool {
-    if e.is_io_error()
-        || e.is_timeout()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-        || e.is_cluster_error()
-    {
-        return true;
-    }
-    if matches!(
-        e.kind(),
-        ErrorKind::ClusterConnectionNotFound
-            | ErrorKind::Server(ServerErrorKind::BusyLoading)
-            | ErrorKind::Server(ServerErrorKind::MasterDown)
-            | ErrorKind::Server(ServerErrorKind::ReadOnly)
-    ) {
-        return true;
-    }
-    matches!(
-        e.code(),
-        Some("OOM" | "MISCONF" | "BUSY" | "NOREPLICAS" | "LOADING" | "READONLY" | "MASTERDOWN")
-    )
-}
-
-fn unavailable(server: &impl fmt::Display, e: &RedisError) -> StoreError {
-    StoreError::Unavailable(format!(
-        "redis {server}: {e} (is the server running? `scripts/services.sh` starts a local one)"
-    ))
-}
-
-fn parse_cluster_masters(text: &str) -> Vec<(String, u16)> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let (Some(addr), Some(flags)) = (fields.get(1), fields.get(2)) else {
-            continue;
-        };
-        if !flags.split(',').any(|f| f == "master")
-            || flags.split(',').any(|f| f == "fail" || f == "noaddr")
-        {
-            continue;
-        }
-        let hostport = addr.split(['@', ',']).next().unwrap_or_default();
-        if let Some((host, port)) = hostport.rsplit_once(':')
-            && let (false, Ok(port)) = (host.is_empty(), port.parse::<u16>())
-        {
-            out.push((host.to_string(), port));
-        }
-    }
-    out
-}
-
-/// state, settled, ttl, token, created, since, lease.
-type Fields7 = (
-    Option<String>,
-    Option<u64>,
-    Option<u64>,
-    Option<u64>,
-    Option<u64>,
-    Option<u64>,
-    Option<u64>,
-);
-
-fn is_live(state: Option<&str>, settled: Option<u64>, ttl: Option<u64>, now: Millis) -> bool {
-    match state {
-        Some("p") => true,
-        Some("c") | Some("f") => settled.unwrap_or(0).saturating_add(ttl.unwrap_or(0)) > now,
-        _ => false,
-    }
-}
-
-fn corrupt(id: &RecordKey, reason: impl Into<String>) -> StoreError {
-    StoreError::Corrupt {
-        id: id.clone(),
-        reason: reason.into(),
-    }
-}
-
-fn array(v: Value, id: &RecordKey) -> StoreResult<Vec<Value>> {
-    match v {
-        Value::Array(items) => Ok(items),
-        other => Err(corrupt(id, format!("unexpected script reply {other:?}"))),
-    }
-}
-
-fn as_u64(v: &Value) -> Option<u64> {
-    match v {
-        Value::Int(i) => u64::try_from(*i).ok(),
-        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
-        Value::SimpleString(s) => s.parse().ok(),
-        _ => None,
-    }
-}
-
-fn as_string(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    }
-}
-
-fn int_at(items: &[Value], i: usize, id: &RecordKey) -> StoreResult<u64> {
-    items
-        .get(i)
-        .and_then(as_u64)
-        .ok_or_else(|| corrupt(id, format!("script reply item {i} is not a number")))
-}
-
-/// The `id` field: `<byte length of scope>:<scope><key>`.
-fn encode_id(id: &RecordKey) -> String {
-    format!("{}:{}{}", id.scope.len(), id.scope, id.key)
-}
-
-/// Parses the `id` field.
-fn decode_id(s: &str) -> Option<RecordKey> {
-    let (len, rest) = s.split_once(':')?;
-    let len: usize = len.parse().ok()?;
-    if !rest.is_char_boundary(len) {
-        return None;
-    }
-    let (scope, key) = rest.split_at(len);
-    Some(RecordKey::new(scope, key))
-}
-
-/// Parses the fields of a record reply (see `lua/prelude.lua`): state, token, fp,
-/// attempts, created, since, lease, ttl, settled, enc, outcome.
-fn parse_record(id: &RecordKey, f: &[Value]) -> StoreResult<Record> {
-    let opt = |i: usize| f.get(i).and_then(as_u64);
-    let num = |i: usize, what: &str| -> StoreResult<u64> {
-        opt(i).ok_or_else(|| corrupt(id, format!("field `{what}` missing or not a number")))
-    };
-    let fingerprint = match f.get(2) {
-        Some(Value::BulkString(b)) if b.is_empty() => None,
-        Some(Value::BulkString(b)) => Some(Fingerprint(
-            b.as_slice()
-                .try_into()
-                .map_err(|_| corrupt(id, "fingerprint is not 32 bytes"))?,
-        )),
-        _ => None,
-    };
-    let token = num(1, "token")?;
-    // `created` is absent only in fresh claims of earlier versions, whose millisecond
-    // token was the claim's clock.
-    let created_at = opt(4).unwrap_or(token);
-    let since = opt(5).unwrap_or(created_at);
-    let outcome = || -> StoreResult<Outcome> {
-        let enc = f.get(9).and_then(as_string).unwrap_or_default();
-        let (codec, compression) = enc
-            .split_once(':')
-            .and_then(|(c, z)| Some((c.parse::<u8>().ok()?, z.parse::<u8>().ok()?)))
-            .ok_or_else(|| corrupt(id, format!("field `enc` is `{enc}`")))?;
-        let codec = Codec::from_u8(codec).ok_or_else(|| corrupt(id, "unknown codec"))?;
-        let compression =
-            Compression::from_u8(compression).ok_or_else(|| corrupt(id, "unknown compression"))?;
-        let bytes = match f.get(10) {
-            Some(Value::BulkString(b)) => b.clone(),
-            _ => return Err(corrupt(id, "field `outcome` missing")),
-        };
-        Ok(Outcome {
-            codec,
-            compression,
-            bytes,
-        })
-    };
-    let settled = || -> StoreResult<(u64, Option<u64>)> {
-        let at = num(8, "settled")?;
-        Ok((at, Some(at.saturating_add(num(7, "ttl")?))))
-    };
-    let state_name = f.first().and_then(as_string).unwrap_or_default();
-    let (state, updated_at, expires_at) = match state_name.as_str() {
-        "p" => (
-            State::InProgress {
-                lease_until: since.saturating_add(num(6, "lease")?),
-            },
-            since,
-            None,
-        ),
-        "c" => {
-            let (at, exp) = settled()?;
-            (State::Completed(outcome()?), at, exp)
-        }
-        "f" => {
-            let (at, exp) = settled()?;
-            (State::Failed(outcome()?), at, exp)
-        }
-        other => return Err(corrupt(id, format!("unknown state `{other}`"))),
-    };
-    Ok(Record {
-        id: id.clone(),
-        fingerprint,
-        state,
-        token,
-        attempts: opt(3).map_or(1, |a| u32::try_from(a).unwrap_or(u32::MAX)),
-        created_at,
-        updated_at,
-        expires_at,
-    })
-}
-
 #[async_trait]
 impl Store for RedisStore {
     async fn claim(&self, claim: &Claim) -> StoreResult<ClaimOutcome> {
         let id = &claim.id;
+        LIMITS.check_id(id)?;
         let (key, _) = self.layout.locate(id);
         let fp: &[u8] = match &claim.fingerprint {
             Some(f) => &f.0,
@@ -934,7 +561,8 @@ impl Store for RedisStore {
                     token: int_at(&items, 1, id)?,
                     lease_until: int_at(&items, 2, id)?,
                     takeover: (prev != 0).then_some(prev),
-                    attempt: u32::try_from(int_at(&items, 4, id)?).unwrap_or(u32::MAX),
+                    attempt: decode_attempts(items.get(4).and_then(as_i64).unwrap_or(-1))
+                        .map_err(|w| corrupt(id, format!("field `attempts`: {w}")))?,
                 })
             }
             2 => Ok(ClaimOutcome::Existing(parse_record(id, &items[2..])?)),
@@ -964,6 +592,7 @@ impl Store for RedisStore {
     }
 
     async fn release(&self, id: &RecordKey, token: Token) -> StoreResult<()> {
+        LIMITS.check_id(id)?;
         let (key, digest) = self.layout.locate(id);
         let v = self
             .eval_replicated(
@@ -981,6 +610,7 @@ impl Store for RedisStore {
     }
 
     async fn renew(&self, id: &RecordKey, token: Token, lease: Duration) -> StoreResult<Millis> {
+        LIMITS.check_id(id)?;
         let (key, _) = self.layout.locate(id);
         let v = self
             .eval_replicated(

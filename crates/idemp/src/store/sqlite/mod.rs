@@ -59,8 +59,8 @@ use tokio::sync::oneshot;
 
 use crate::clock::{Millis, SharedClock};
 use crate::store::{
-    Claim, ClaimOutcome, ListQuery, Outcome, Page, Record, RecordKey, Stats, Store, StoreError,
-    StoreResult, Token,
+    Claim, ClaimOutcome, LIMITS, ListQuery, Outcome, Page, Record, RecordKey, Stats, Store,
+    StoreError, StoreResult, Token,
 };
 
 mod ops;
@@ -575,6 +575,8 @@ fn unexpected(reply: Reply) -> StoreError {
 #[async_trait]
 impl Store for SqliteStore {
     async fn claim(&self, claim: &Claim) -> StoreResult<ClaimOutcome> {
+        // Refused before the writer sees it (the writer checks again for `*_in_tx`).
+        ops::validate(&claim.id)?;
         match self.submit(Op::Claim(claim.clone())).await? {
             Reply::Claim(c) => Ok(c),
             other => Err(unexpected(other)),
@@ -588,6 +590,8 @@ impl Store for SqliteStore {
         outcome: Outcome,
         ttl: Duration,
     ) -> StoreResult<()> {
+        ops::validate(id)?;
+        LIMITS.check_outcome(&outcome)?;
         let op = Op::Settle {
             id: id.clone(),
             token,
@@ -605,6 +609,8 @@ impl Store for SqliteStore {
         outcome: Outcome,
         ttl: Duration,
     ) -> StoreResult<()> {
+        ops::validate(id)?;
+        LIMITS.check_outcome(&outcome)?;
         let op = Op::Settle {
             id: id.clone(),
             token,
@@ -616,6 +622,7 @@ impl Store for SqliteStore {
     }
 
     async fn release(&self, id: &RecordKey, token: Token) -> StoreResult<()> {
+        ops::validate(id)?;
         let op = Op::Release {
             id: id.clone(),
             token,
@@ -624,6 +631,7 @@ impl Store for SqliteStore {
     }
 
     async fn renew(&self, id: &RecordKey, token: Token, lease: Duration) -> StoreResult<Millis> {
+        ops::validate(id)?;
         let op = Op::Renew {
             id: id.clone(),
             token,

@@ -10,22 +10,17 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::clock::{Millis, duration_ms};
+use crate::clock::Millis;
+use crate::store::record::{self, LIMITS, RawRecord, decode_token};
 use crate::store::{
-    Claim, ClaimOutcome, Codec, Compression, Fingerprint, ListQuery, Outcome, Page, Record,
-    RecordKey, State, Stats, StoreError, StoreResult, Token,
+    Claim, ClaimOutcome, ListQuery, Outcome, Page, Record, RecordKey, State, Stats, StoreResult,
+    Token,
 };
 
-/// `state` column values.
-pub(crate) const IN_PROGRESS: i64 = 0;
-pub(crate) const COMPLETED: i64 = 1;
-pub(crate) const FAILED: i64 = 2;
-
-/// Leases and ttls are capped so that `now + lease + ttl` never overflows an i64.
-const MAX_DURATION_MS: Millis = 1000 * 365 * 24 * 3600 * 1000;
-
-/// Longest accepted scope or key, in bytes.
-pub(crate) const MAX_KEY_BYTES: usize = 64 * 1024;
+/// `state` column values (the shared codes of [`record`]).
+pub(crate) const IN_PROGRESS: i64 = record::STATE_IN_PROGRESS;
+pub(crate) const COMPLETED: i64 = record::STATE_COMPLETED;
+pub(crate) const FAILED: i64 = record::STATE_FAILED;
 
 /// A database result wrapping the operation's own result.
 pub(crate) type OpResult<T> = rusqlite::Result<StoreResult<T>>;
@@ -43,20 +38,12 @@ fn ms_from_sql(v: i64) -> Millis {
 }
 
 fn capped_ms(d: Duration) -> Millis {
-    duration_ms(d).min(MAX_DURATION_MS)
+    LIMITS.capped_ms(d)
 }
 
-/// Refuses keys the store cannot hold.
+/// Refuses keys over the [`LIMITS`] every store shares.
 pub(crate) fn validate(id: &RecordKey) -> StoreResult<()> {
-    if id.key.is_empty() {
-        return Err(StoreError::Invalid("empty idempotency key".into()));
-    }
-    if id.key.len() > MAX_KEY_BYTES || id.scope.len() > MAX_KEY_BYTES {
-        return Err(StoreError::Invalid(format!(
-            "scope or key longer than {MAX_KEY_BYTES} bytes"
-        )));
-    }
-    Ok(())
+    LIMITS.check_id(id)
 }
 
 /// A row as stored, before it is checked and turned into a [`Record`].
@@ -100,68 +87,23 @@ impl RawRow {
     }
 
     fn into_record(self) -> StoreResult<Record> {
-        let id = RecordKey::new(self.scope, self.key);
-        let corrupt = |reason: String| StoreError::Corrupt {
-            id: id.clone(),
-            reason,
-        };
-        let fingerprint = match self.fingerprint {
-            None => None,
-            Some(b) => Some(Fingerprint(b.as_slice().try_into().map_err(|_| {
-                corrupt(format!("fingerprint of {} bytes, expected 32", b.len()))
-            })?)),
-        };
-        let outcome = |codec: Option<i64>, compression: Option<i64>, bytes: Option<Vec<u8>>| {
-            let codec = codec
-                .and_then(|c| u8::try_from(c).ok())
-                .and_then(Codec::from_u8)
-                .ok_or_else(|| corrupt(format!("unknown codec {codec:?}")))?;
-            let compression = compression
-                .and_then(|c| u8::try_from(c).ok())
-                .and_then(Compression::from_u8)
-                .ok_or_else(|| corrupt(format!("unknown compression {compression:?}")))?;
-            Ok::<_, StoreError>(Outcome {
-                codec,
-                compression,
-                bytes: bytes.unwrap_or_default(),
-            })
-        };
-        let (state, expires_at) = match self.state {
-            IN_PROGRESS => {
-                let lease_until = self
-                    .lease_until
-                    .ok_or_else(|| corrupt("in progress without a lease".into()))?;
-                (
-                    State::InProgress {
-                        lease_until: ms_from_sql(lease_until),
-                    },
-                    None,
-                )
-            }
-            COMPLETED => (
-                State::Completed(outcome(self.codec, self.compression, self.outcome)?),
-                Some(ms_from_sql(self.purge_at)),
-            ),
-            FAILED => (
-                State::Failed(outcome(self.codec, self.compression, self.outcome)?),
-                Some(ms_from_sql(self.purge_at)),
-            ),
-            other => return Err(corrupt(format!("unknown state {other}"))),
-        };
-        let token = u64::try_from(self.token)
-            .ok()
-            .filter(|t| *t > 0)
-            .ok_or_else(|| corrupt(format!("invalid token {}", self.token)))?;
-        Ok(Record {
-            fingerprint,
-            state,
-            token,
-            attempts: u32::try_from(self.attempts).unwrap_or(u32::MAX),
-            created_at: ms_from_sql(self.created_at),
-            updated_at: ms_from_sql(self.updated_at),
-            expires_at,
-            id,
-        })
+        let settled = self.state != IN_PROGRESS;
+        RawRecord {
+            id: RecordKey::new(self.scope, self.key),
+            fingerprint: self.fingerprint,
+            state: self.state,
+            token: self.token,
+            attempts: self.attempts,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            lease_until: self.lease_until,
+            // A settled record expires when it is purged.
+            expires_at: settled.then_some(self.purge_at),
+            codec: self.codec,
+            compression: self.compression,
+            outcome: self.outcome,
+        }
+        .decode()
     }
 }
 
@@ -318,12 +260,8 @@ pub(crate) fn claim(
 fn fenced(conn: &Connection, id: &RecordKey, token: Token, now: Millis) -> OpResult<()> {
     let current = select_row(conn, id)?
         .filter(|r| r.is_live(now))
-        .and_then(|r| u64::try_from(r.token).ok());
-    Ok(Err(StoreError::Fenced {
-        id: id.clone(),
-        token,
-        current,
-    }))
+        .and_then(|r| decode_token(r.token).ok());
+    Ok(Err(record::fenced(id, token, current)))
 }
 
 /// `complete` (when `failed` is false) or `fail`.
@@ -336,7 +274,7 @@ pub(crate) fn settle(
     failed: bool,
     now: Millis,
 ) -> OpResult<()> {
-    if let Err(e) = validate(id) {
+    if let Err(e) = validate(id).and_then(|()| LIMITS.check_outcome(outcome)) {
         return Ok(Err(e));
     }
     let purge_at = now.saturating_add(capped_ms(ttl));

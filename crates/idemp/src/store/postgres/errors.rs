@@ -1,0 +1,56 @@
+//! Postgres and pool errors as [`StoreError`]s.
+
+use super::*;
+
+/// Maps a client error: connection trouble is `Unavailable` (with the cause), schema
+/// trouble `Incompatible`, bad values `Invalid`.
+pub(super) fn pg_error(op: &str, e: tokio_postgres::Error) -> StoreError {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code().code();
+        let what = format!("postgres {op}: {} (SQLSTATE {code})", db.message());
+        return match code {
+            // connection exceptions, shutdown, too many connections, out of resources
+            c if c.starts_with("08") || c.starts_with("57P") || c.starts_with("53") => {
+                StoreError::Unavailable(what)
+            }
+            // statement timeout / cancel request, lock timeout: the server gave up on
+            // this statement; trying again later may succeed
+            "57014" | "55P03" => StoreError::Unavailable(format!("{what}: cancelled or timed out")),
+            // serialization failure / deadlock: the caller's transaction must be retried
+            "40001" | "40P01" => StoreError::Unavailable(format!(
+                "{what}: a concurrent transaction touched the record; retry the transaction"
+            )),
+            // undefined schema / table / column / function: dropped or altered
+            "3F000" | "42P01" | "42703" | "42883" => {
+                StoreError::Incompatible(format!("{what}: idemp's tables are missing or altered"))
+            }
+            // bad encoding, value too long for an index entry
+            "22021" | "54000" => StoreError::Invalid(what),
+            _ => StoreError::Backend(Box::new(e)),
+        };
+    }
+    if e.is_closed() || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>()) {
+        return StoreError::Unavailable(format!("postgres {op}: {e}"));
+    }
+    // Other client-side errors (protocol, timeouts, unexpected messages) while talking
+    // to the server: the outcome is unknown, the connection is suspect.
+    StoreError::Unavailable(format!("postgres {op}: {e}"))
+}
+
+pub(super) fn pool_error(op: &str, e: PoolError) -> StoreError {
+    match e {
+        PoolError::Backend(e) => pg_error(op, e),
+        other => StoreError::Unavailable(format!("postgres {op}: connection pool: {other}")),
+    }
+}
+
+/// Whether `e` means the connection is broken (the classification of [`pg_error`]).
+pub(super) fn is_connection_error(e: &tokio_postgres::Error) -> bool {
+    match e.as_db_error() {
+        Some(db) => {
+            let c = db.code().code();
+            c.starts_with("08") || c.starts_with("57P") || c.starts_with("53")
+        }
+        None => true,
+    }
+}
