@@ -142,9 +142,25 @@ pub async fn example() -> Result<bool, Error> {
     .map_err(|e| format!("{e} (start Postgres with scripts/services.sh)"))?;
     let result = run(&store, &schema).await;
     let admin = store.pool().get().await?;
-    admin
-        .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
-        .await?;
+    // The store's background work (a heartbeat or a release finishing after the last
+    // call returned) may still hold a row lock that the DROP queues behind; Postgres
+    // then breaks the deadlock by aborting one side, and the DROP is simply retried.
+    let drop = format!("DROP SCHEMA \"{schema}\" CASCADE");
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match admin.batch_execute(&drop).await {
+            Ok(()) => break,
+            Err(e)
+                if attempt < 5
+                    && e.code()
+                        == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED) =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     result
 }
 

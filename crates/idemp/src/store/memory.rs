@@ -95,7 +95,7 @@ use super::{
     Claim, ClaimOutcome, Fingerprint, LIMITS, ListQuery, Outcome, Page, Record, RecordKey, State,
     Stats, Store, StoreError, StoreResult, Token,
 };
-use crate::clock::{self, Millis, SharedClock, duration_ms};
+use crate::clock::{self, Millis, SharedClock};
 
 /// The most shards a store may have.
 const MAX_SHARDS: usize = 1 << 16;

@@ -174,7 +174,7 @@ async fn pass_for(env: &Env, d: Duration) {
 /// over (`takeover` = the old token, attempt 2), and an owner that completes after its
 /// lease, when nobody took over, is accepted (not `Fenced`).
 ///
-/// The durations are absolute (not [`KitConfig::real_time_unit`]s): stores with native
+/// The durations are absolute (not [`KitConfig::real_time_unit`](super::KitConfig::real_time_unit)s): stores with native
 /// expiry may keep records a few seconds longer than asked, which would hide the bug.
 pub async fn abandoned_record_outlives_a_short_ttl<F: StoreFactory + ?Sized>(factory: &F) {
     with_env(
