@@ -5,7 +5,6 @@
 
 mod serve_support;
 
-use futures_util::StreamExt;
 use serve_support::*;
 
 const KEYS: usize = 1_000;
@@ -26,20 +25,8 @@ async fn a_bounded_memory_store_stays_bounded_and_reports_its_size() {
 
     let mut peak = 0.0f64;
     for batch in 0..10 {
-        let statuses: Vec<u16> = futures_util::stream::iter(0..KEYS / 10)
-            .map(|i| {
-                let (c, url) = (c.clone(), url.clone());
-                let key = format!("bound-{}", batch * (KEYS / 10) + i);
-                async move {
-                    post_until_settled(&c, &url, &key, "{}")
-                        .await
-                        .status()
-                        .as_u16()
-                }
-            })
-            .buffer_unordered(16)
-            .collect()
-            .await;
+        let keys = (0..KEYS / 10).map(|i| format!("bound-{}", batch * (KEYS / 10) + i));
+        let statuses = post_keys(&c, &url, keys).await;
         assert!(statuses.iter().all(|&s| s == 201), "{statuses:?}");
         peak = peak.max(Scrape::fetch(admin).await.value("idemp_store_entries"));
     }

@@ -8,7 +8,6 @@ mod serve_support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use idemp::store::MemoryStore;
 use idemp_cli::serve::{self, ServeConfig};
 use serve_support::*;
@@ -17,21 +16,7 @@ const KEYS: usize = 2000;
 
 /// Sends `KEYS` keyed POSTs (16 at a time) and checks each executed.
 async fn fill(c: &reqwest::Client, url: &str, run: &str) {
-    let statuses: Vec<u16> = futures_util::stream::iter(0..KEYS)
-        .map(|i| {
-            let c = c.clone();
-            let url = url.to_owned();
-            let key = format!("sweep-{run}-{i}");
-            async move {
-                post_until_settled(&c, &url, &key, "{}")
-                    .await
-                    .status()
-                    .as_u16()
-            }
-        })
-        .buffer_unordered(16)
-        .collect()
-        .await;
+    let statuses = post_keys(c, url, (0..KEYS).map(|i| format!("sweep-{run}-{i}"))).await;
     assert!(statuses.iter().all(|&s| s == 201), "{statuses:?}");
 }
 

@@ -385,3 +385,26 @@ pub async fn post_until_settled(
     }
     panic!("still 409 after 200 attempts");
 }
+
+/// POSTs `{}` under each of `keys`, 16 at a time, each until it settles (see
+/// [`post_until_settled`]); the final statuses, in completion order.
+pub async fn post_keys(
+    c: &reqwest::Client,
+    url: &str,
+    keys: impl IntoIterator<Item = String>,
+) -> Vec<u16> {
+    use futures_util::StreamExt;
+    futures_util::stream::iter(keys)
+        .map(|key| {
+            let (c, url) = (c.clone(), url.to_owned());
+            async move {
+                post_until_settled(&c, &url, &key, "{}")
+                    .await
+                    .status()
+                    .as_u16()
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await
+}
