@@ -1,5 +1,5 @@
 //! The `Idempotency-Key` request header, read into the one key type of the crate,
-//! [`Key`](crate::key::Key).
+//! [`Key`].
 //!
 //! The IETF draft (draft-ietf-httpapi-idempotency-key-header) defines the field as a
 //! structured-field *string* item (`Idempotency-Key: "8e03978e-40d5-43e8"`). Many
@@ -10,7 +10,7 @@
 //!   parameters (`;name=value`, ignored) and whitespace;
 //! * `abc`: a bare value without `"`, `\`, `;` or `,`.
 //!
-//! Either way the key itself must be a valid [`Key`](crate::key::Key): 1–255 bytes
+//! Either way the key itself must be a valid [`Key`]: 1–255 bytes
 //! of **visible** ASCII (`0x21..=0x7e`). A space is refused even inside quotes (`"a
 //! b"`), exactly as the guard and the client refuse it, so one key means the same
 //! thing everywhere. Errors say what is wrong, with the key's real length and the
