@@ -11,10 +11,10 @@
 //! The upstream, the load generator and the proxy share the machine's cores, so the
 //! ratios (proxy vs direct, measured in the same run) matter more than the absolutes.
 
+mod support;
+
 use std::convert::Infallible;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -25,6 +25,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::proxy;
 use tokio::net::TcpListener;
 
 const BODY: &[u8] = br#"{"model":"m","messages":[{"role":"user","content":"charge 10 EUR to card 4242"}],"max_tokens":64}"#;
@@ -60,46 +61,6 @@ async fn upstream() -> SocketAddr {
         }
     });
     addr
-}
-
-struct Proxy {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn proxy(upstream: SocketAddr, store: &str) -> Proxy {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_idemp"))
-        .args([
-            "serve",
-            "--upstream",
-            &format!("http://{upstream}"),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--admin", "off", "--store", store])
-        .env("IDEMP_LOG", "error")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn idemp serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("http://"))
-        .unwrap_or_else(|| panic!("idemp serve did not start: {line:?}"))
-        .parse()
-        .unwrap();
-    Proxy { child, addr }
 }
 
 #[derive(Clone, Copy, PartialEq)]

@@ -15,10 +15,10 @@
 //! `ttfb TARGET n=N p50_us=X p99_us=Y` and
 //! `rss responses=16 size_mib=64 baseline_kib=B peak_kib=P bytes_read=R`.
 
+mod support;
+
 use std::convert::Infallible;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -28,6 +28,7 @@ use hyper::body::Frame;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::proxy;
 use tokio::net::TcpListener;
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -87,47 +88,6 @@ async fn upstream() -> SocketAddr {
         }
     });
     addr
-}
-
-struct Proxy {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn proxy(upstream: SocketAddr) -> Proxy {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_idemp"))
-        .args(["serve", "--upstream", &format!("http://{upstream}")])
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "off",
-            "--store",
-            "memory:",
-        ])
-        .env("IDEMP_LOG", "error")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn idemp serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("http://"))
-        .unwrap_or_else(|| panic!("idemp serve did not start: {line:?}"))
-        .parse()
-        .unwrap();
-    Proxy { child, addr }
 }
 
 fn status_kib(pid: u32, field: &str) -> u64 {
@@ -196,7 +156,7 @@ fn main() {
         .unwrap();
     rt.block_on(async move {
         let up = upstream().await;
-        let p = proxy(up);
+        let p = proxy(up, "memory:");
         let c = client();
         println!("proxy stream bench: {n} guarded SSE requests per target, interleaved, unique keys, 2 shared cores");
         // Warm the connection pools.
@@ -222,7 +182,7 @@ fn main() {
         drop(p);
 
         // Peak RSS: a fresh proxy, 16 concurrent 64 MiB guarded responses.
-        let p = proxy(up);
+        let p = proxy(up, "memory:");
         let pid = p.child.id();
         let baseline = status_kib(pid, "VmRSS:");
         let responses = if quick { 4 } else { 16 };
