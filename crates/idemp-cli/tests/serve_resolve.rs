@@ -189,6 +189,7 @@ async fn only_ambiguous_records_are_changed() {
         lease,
         ttl: Duration::from_secs(3600),
         take_over_expired: false,
+        nonce: None,
     };
     // Empty scope, ambiguous (its 50 ms lease passes), and one still running.
     assert!(matches!(

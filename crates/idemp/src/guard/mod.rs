@@ -83,7 +83,7 @@ use serde::de::DeserializeOwned;
 
 use crate::store::{
     Claim, ClaimOutcome, Codec, DynStore, Fingerprint, Outcome, Record, RecordKey, State, Store,
-    Token,
+    StoreError, Token,
 };
 
 pub use blocking::BlockingGuard;
@@ -484,8 +484,9 @@ impl Guard {
             lease: opts.lease,
             ttl: opts.ttl,
             take_over_expired: true,
+            nonce: Some(rand::random()),
         };
-        match self.inner.backend().claim(&claim).await? {
+        match self.claim_resolved(&claim).await? {
             ClaimOutcome::Acquired {
                 token,
                 lease_until,
@@ -559,12 +560,13 @@ impl Guard {
             lease: opts.lease,
             ttl: opts.ttl,
             take_over_expired: !matches!(opts.on_ambiguous, OnAmbiguous::Surface),
+            nonce: Some(rand::random()),
         };
         let deadline = match opts.on_duplicate {
             OnDuplicate::Wait(timeout) => Some(crate::store::deadline_after(timeout)),
             _ => None,
         };
-        let found = inner.backend().claim(&claim).await?;
+        let found = self.claim_resolved(&claim).await?;
         // Only the boxed future is kept across the await below (a match on the
         // classification would keep it, 200 bytes, in this future's state).
         let slow: SlowPath<'_> = match self.classify(&mut claim, found, false, deadline)? {
@@ -573,6 +575,29 @@ impl Guard {
             Step::Wait(wait_for) => Box::pin(self.wait_and_claim(claim, deadline, wait_for)),
         };
         slow.await
+    }
+
+    /// One claim, resolved when its reply was lost: a claim that fails with an error
+    /// whose outcome is unknown ([`StoreError::outcome_unknown`]) may have created the
+    /// record, so it is repeated with the same nonce, which the store answers with
+    /// `Acquired` (same token) if the first one landed. Up to 4 repeats with backoff;
+    /// then the last error is returned (and the key, if the claim landed, stays in
+    /// progress until its lease passes).
+    async fn claim_resolved(&self, claim: &Claim) -> Result<ClaimOutcome, StoreError> {
+        let store = self.inner.backend();
+        let mut delay = Duration::from_millis(20);
+        let mut repeats = 0;
+        loop {
+            match store.claim(claim).await {
+                Err(e) if e.outcome_unknown() && claim.nonce.is_some() && repeats < 4 => {
+                    tracing::debug!(id = %claim.id, error = %e, "claim outcome unknown: repeating it with the same nonce");
+                    repeats += 1;
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// `OnDuplicate::Wait`: waits for the running execution (woken by the store),
@@ -586,7 +611,7 @@ impl Guard {
         loop {
             tracing::debug!(id = %claim.id, ?wait_for, "waiting for the running execution");
             self.inner.backend().wait(&claim.id, wait_for).await?;
-            let found = self.inner.backend().claim(&claim).await?;
+            let found = self.claim_resolved(&claim).await?;
             match self.classify(&mut claim, found, true, deadline)? {
                 Step::Done(acquired) => return Ok(acquired),
                 Step::Reconcile(core) => return self.reconcile(core, true).await,

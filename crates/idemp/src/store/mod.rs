@@ -21,6 +21,10 @@
 //! * `claim` is one atomic step: it creates the record, takes over an expired lease,
 //!   or returns the existing record, or [`ClaimOutcome::Mismatch`] when the stored
 //!   payload fingerprint differs from the claimant's.
+//! * A claim repeated with the same [`Claim::nonce`] while its claimant still owns the
+//!   record gets `Acquired` again with the same token: a claim whose reply was lost
+//!   (an error whose outcome is unknown) is resolved by repeating it, and the key is
+//!   not left blocked until the lease passes.
 //! * Fencing tokens are strictly increasing per key, across takeovers, releases and
 //!   purges (a store may derive them from a clock-independent counter).
 //! * `complete`, `fail`, `release` and `renew` are compare-and-set on the token: an
@@ -288,6 +292,14 @@ pub struct Claim {
     /// When `false`, such a record is returned as [`ClaimOutcome::Existing`] and the
     /// caller sees it as ambiguous.
     pub take_over_expired: bool,
+    /// Identifies this claimant, so that the claim can be repeated when its reply was
+    /// lost. A claim that finds an in-progress record acquired by a claim with the
+    /// same nonce (still its owner: not taken over, released or purged since) gets
+    /// [`ClaimOutcome::Acquired`] again, with the record's token, its attempt count and
+    /// takeover, and a lease renewed to `now + lease`. `None` (the default) never
+    /// matches. Never share a nonce between claimants: each would believe it owns the
+    /// key. The guard sets a random one on every claim.
+    pub nonce: Option<u64>,
 }
 
 impl Claim {
@@ -299,6 +311,7 @@ impl Claim {
             lease: Duration::from_secs(60),
             ttl: Duration::from_secs(24 * 3600),
             take_over_expired: true,
+            nonce: None,
         }
     }
     /// Sets the fingerprint.
@@ -319,6 +332,11 @@ impl Claim {
     /// Sets whether expired leases are taken over.
     pub fn take_over_expired(mut self, yes: bool) -> Self {
         self.take_over_expired = yes;
+        self
+    }
+    /// Sets the claimant's nonce (see [`nonce`](Self::nonce)).
+    pub fn nonce(mut self, nonce: u64) -> Self {
+        self.nonce = Some(nonce);
         self
     }
 }

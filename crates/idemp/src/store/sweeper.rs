@@ -217,6 +217,7 @@ mod tests {
                 lease: Duration::from_secs(60),
                 ttl: Duration::from_millis(1),
                 take_over_expired: true,
+                nonce: None,
             };
             let crate::store::ClaimOutcome::Acquired { token, .. } =
                 store.claim(&claim).await.unwrap()

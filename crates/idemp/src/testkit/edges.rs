@@ -424,35 +424,49 @@ pub async fn waiter_woken_after_release_and_reclaim<F: StoreFactory + ?Sized>(fa
     .await
 }
 
-/// A store that applies the first `lose` settles (`complete`/`fail`) it is given and
-/// then reports them as [`StoreError::Unavailable`], as a connection that dropped
-/// after the server committed would.
+/// A store that applies the first `lose` settles (`complete`/`fail`) and the first
+/// `lose_claims` claims it is given and then reports them as
+/// [`StoreError::Unavailable`], as a connection that dropped after the server
+/// committed would.
 #[derive(Debug)]
 struct LostReplies {
     inner: DynStore,
     lose: Arc<AtomicU32>,
+    lose_claims: Arc<AtomicU32>,
+}
+
+/// Turns an applied write into a lost reply while `budget` lasts.
+fn lose_reply<T>(budget: &AtomicU32, r: StoreResult<T>) -> StoreResult<T> {
+    if r.is_ok()
+        && budget
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    {
+        return Err(StoreError::Unavailable(
+            "testkit: the reply was lost after the write was applied".into(),
+        ));
+    }
+    r
 }
 
 impl LostReplies {
-    fn lost(&self, r: StoreResult<()>) -> StoreResult<()> {
-        if r.is_ok()
-            && self
-                .lose
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok()
-        {
-            return Err(StoreError::Unavailable(
-                "testkit: the reply was lost after the write was applied".into(),
-            ));
+    fn new(inner: DynStore) -> Self {
+        Self {
+            inner,
+            lose: Arc::new(AtomicU32::new(0)),
+            lose_claims: Arc::new(AtomicU32::new(0)),
         }
-        r
+    }
+    fn lost(&self, r: StoreResult<()>) -> StoreResult<()> {
+        lose_reply(&self.lose, r)
     }
 }
 
 #[async_trait]
 impl Store for LostReplies {
     async fn claim(&self, claim: &Claim) -> StoreResult<ClaimOutcome> {
-        self.inner.claim(claim).await
+        let r = self.inner.claim(claim).await;
+        lose_reply(&self.lose_claims, r)
     }
     async fn complete(
         &self,
@@ -508,11 +522,9 @@ impl Store for LostReplies {
 /// the same token either succeeds or is `Fenced` with `current` = that token.
 pub async fn lost_settle_reply_is_resolved<F: StoreFactory + ?Sized>(factory: &F) {
     with_env(factory, "lost_settle_reply_is_resolved", |env| async move {
-        let lose = Arc::new(AtomicU32::new(1));
-        let lossy = LostReplies {
-            inner: env.store.clone(),
-            lose: lose.clone(),
-        };
+        let lossy = LostReplies::new(env.store.clone());
+        let lose = lossy.lose.clone();
+        lose.store(1, Ordering::SeqCst);
         let mut b = Guard::builder(lossy)
             .scope(env.scope.clone())
             .lease(Duration::from_secs(600))
@@ -606,6 +618,125 @@ pub async fn lost_settle_reply_is_resolved<F: StoreFactory + ?Sized>(factory: &F
                 format!("repeated complete with the settling token: {e}"),
             ),
         }
+    })
+    .await
+}
+
+/// A claim whose reply is lost after the store applied it is resolved by repeating it
+/// with the same [`Claim::nonce`]: the store answers `Acquired` with the same token
+/// (the key is not blocked until the lease passes), a claim with another nonce or
+/// none still sees the record in progress, and a nonce whose ownership ended (settled,
+/// taken over) no longer matches. Through the guard, a call whose claim reply is lost
+/// runs once and returns its value at once.
+pub async fn lost_claim_reply_is_resolved<F: StoreFactory + ?Sized>(factory: &F) {
+    with_env(factory, "lost_claim_reply_is_resolved", |env| async move {
+        let s = &env.store;
+        let id = env.id("repeat");
+        let mine = env.claim(&id).nonce(0x5eed_0001);
+        let a = env.acquire(&mine).await;
+        let again = env.acquire(&mine).await;
+        env.check_eq(&id, "token of the repeated claim", again.token, a.token);
+        env.check_eq(
+            &id,
+            "attempt of the repeated claim",
+            again.attempt,
+            a.attempt,
+        );
+        env.check_eq(&id, "takeover of the repeated claim", again.takeover, None);
+        env.check(again.lease_until >= a.lease_until, &id, || {
+            format!(
+                "the repeated claim moved the lease back: {} < {}",
+                again.lease_until, a.lease_until
+            )
+        });
+        let rec = env.existing(&env.claim(&id).nonce(0x5eed_0002)).await;
+        env.check_eq(&id, "token seen by another nonce", rec.token, a.token);
+        let rec = env.existing(&env.claim(&id)).await;
+        env.check(!rec.state.is_settled(), &id, || {
+            format!("a claim without a nonce did not see it in progress: {rec:?}")
+        });
+        env.ok(
+            &id,
+            "complete",
+            s.complete(&id, a.token, raw(b"v"), Duration::from_secs(3600))
+                .await,
+        );
+        let rec = env.existing(&mine).await;
+        env.check_eq(
+            &id,
+            "state seen by the nonce after its settle",
+            rec.state,
+            State::Completed(raw(b"v")),
+        );
+
+        // Ownership moved by a takeover: the old nonce is someone else's record now,
+        // the new owner's repeat keeps its takeover.
+        let id = env.id("taken-over");
+        let first = env.claim(&id).lease(env.units(2)).nonce(0x5eed_0003);
+        let a = env.acquire(&first).await;
+        env.pass(3).await;
+        let second = env.claim(&id).nonce(0x5eed_0004);
+        let b = env.acquire(&second).await;
+        env.check_eq(&id, "takeover", b.takeover, Some(a.token));
+        let rec = env.existing(&first).await;
+        env.check_eq(
+            &id,
+            "token seen by the old owner's nonce",
+            rec.token,
+            b.token,
+        );
+        let again = env.acquire(&second).await;
+        env.check_eq(&id, "token of the repeated takeover", again.token, b.token);
+        env.check_eq(
+            &id,
+            "takeover of the repeated takeover",
+            again.takeover,
+            Some(a.token),
+        );
+        env.check_eq(
+            &id,
+            "attempt of the repeated takeover",
+            again.attempt,
+            b.attempt,
+        );
+
+        // Through the guard: the claim lands, its reply is lost.
+        let lossy = LostReplies::new(env.store.clone());
+        lossy.lose_claims.store(1, Ordering::SeqCst);
+        let lose_claims = lossy.lose_claims.clone();
+        let mut builder = Guard::builder(lossy)
+            .scope(env.scope.clone())
+            .lease(Duration::from_secs(600))
+            .ttl(Duration::from_secs(3600));
+        if let TimeControl::Manual(clock) = &env.time {
+            builder = builder.clock(Arc::new(clock.clone()));
+        }
+        let guard = builder.build();
+        let id = env.id("guarded");
+        let runs = AtomicU32::new(0);
+        let call = guard.run(id.key.as_str(), || async {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, std::io::Error>("v".to_string())
+        });
+        match tokio::time::timeout(env.cfg.wait_timeout, call).await {
+            Ok(Ok(v)) => env.check_eq(&id, "value", v.as_str(), "v"),
+            Ok(Err(e)) => env.fail(&id, format!("a call whose claim reply was lost: {e}")),
+            Err(_) => env.fail(
+                &id,
+                "a call whose claim reply was lost did not return (blocked by its own claim?)",
+            ),
+        }
+        env.check_eq(
+            &id,
+            "lost claim replies left",
+            lose_claims.load(Ordering::SeqCst),
+            0,
+        );
+        env.check_eq(&id, "executions", runs.load(Ordering::SeqCst), 1);
+        let rec = env.get_some(&id).await;
+        env.check(matches!(rec.state, State::Completed(_)), &id, || {
+            format!("not completed: {rec:?}")
+        });
     })
     .await
 }

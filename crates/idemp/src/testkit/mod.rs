@@ -383,6 +383,7 @@ pub const CASES: &[&str] = &[
     "waiter_leaves_a_repeatable_read_owner_alone",
     "waiter_woken_after_release_and_reclaim",
     "lost_settle_reply_is_resolved",
+    "lost_claim_reply_is_resolved",
     "limits_are_honoured",
 ];
 
@@ -423,6 +424,7 @@ pub async fn run_all<F: StoreFactory + ?Sized>(factory: &F) {
     waiter_leaves_a_repeatable_read_owner_alone(factory).await;
     waiter_woken_after_release_and_reclaim(factory).await;
     lost_settle_reply_is_resolved(factory).await;
+    lost_claim_reply_is_resolved(factory).await;
     limits_are_honoured(factory).await;
 }
 
@@ -486,6 +488,7 @@ macro_rules! conformance_tests {
             waiter_leaves_a_repeatable_read_owner_alone,
             waiter_woken_after_release_and_reclaim,
             lost_settle_reply_is_resolved,
+            lost_claim_reply_is_resolved,
             limits_are_honoured,
         );
     };
