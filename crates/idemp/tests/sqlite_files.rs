@@ -189,3 +189,118 @@ async fn complete_in_tx_refuses_a_connection_to_another_file() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A file written by a build of schema version 1 (no `nonce`/`takeover` columns) is
+/// migrated when opened: its records are kept, its token sequence continues, and
+/// claims on it can be repeated with their nonce from then on.
+#[tokio::test]
+async fn a_version_1_file_is_migrated_and_its_records_kept() {
+    use std::sync::Arc;
+
+    use idemp::clock::ManualClock;
+    use idemp::store::State;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.db");
+    let now: u64 = 1_700_000_000_000;
+    let lease_until = now + 60_000;
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(include_str!("../src/store/sqlite/schema_v1.sql"))
+            .unwrap();
+        conn.pragma_update(None, "application_id", APPLICATION_ID)
+            .unwrap();
+        conn.execute(
+            "INSERT INTO idemp_records (scope, key, fingerprint, state, token, attempts, \
+             created_at, updated_at, lease_until, ttl_ms, purge_at) \
+             VALUES ('s', 'live', NULL, 0, 5, 1, ?1, ?1, ?2, 3600000, ?3)",
+            rusqlite::params![
+                now as i64,
+                lease_until as i64,
+                (lease_until + 3_600_000) as i64
+            ],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO idemp_records (scope, key, fingerprint, state, token, attempts, \
+             created_at, updated_at, lease_until, ttl_ms, purge_at, codec, compression, outcome) \
+             VALUES ('s', 'done', NULL, 1, 6, 1, ?1, ?1, NULL, 3600000, ?2, 0, 0, x'6f6b')",
+            rusqlite::params![now as i64, (now + 3_600_000) as i64],
+        )
+        .unwrap();
+        conn.execute(
+            "UPDATE idemp_meta SET value = 6 WHERE name = 'token_seq'",
+            [],
+        )
+        .unwrap();
+    }
+    let clock = ManualClock::new(now);
+    let store = SqliteStore::builder(&path)
+        .clock(Arc::new(clock.clone()))
+        .open()
+        .unwrap();
+    let version: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row(
+            "SELECT value FROM idemp_meta WHERE name = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    assert_eq!(SCHEMA_VERSION, 2);
+
+    let live = RecordKey::new("s", "live");
+    let done = RecordKey::new("s", "done");
+    let rec = store.get(&done).await.unwrap().unwrap();
+    assert_eq!(
+        rec.state,
+        State::Completed(Outcome::new(Codec::Raw, b"ok".to_vec()))
+    );
+    // A record of version 1 has no nonce: no claim repeats its acquisition.
+    match store
+        .claim(&Claim::new(live.clone()).nonce(1))
+        .await
+        .unwrap()
+    {
+        ClaimOutcome::Existing(rec) => assert_eq!(rec.token, 5),
+        other => panic!("expected the v1 record in progress, got {other:?}"),
+    }
+    clock.advance(Duration::from_secs(61));
+    let mine = Claim::new(live.clone()).nonce(9);
+    let first = store.claim(&mine).await.unwrap();
+    let expected = ClaimOutcome::Acquired {
+        token: 7,
+        lease_until: now + 61_000 + 60_000,
+        takeover: Some(5),
+        attempt: 2,
+    };
+    assert_eq!(
+        first, expected,
+        "the token sequence continues after the migration"
+    );
+    clock.advance(Duration::from_secs(1));
+    match store.claim(&mine).await.unwrap() {
+        ClaimOutcome::Acquired {
+            token,
+            takeover,
+            attempt,
+            lease_until,
+        } => {
+            assert_eq!((token, takeover, attempt), (7, Some(5), 2));
+            assert_eq!(
+                lease_until,
+                now + 62_000 + 60_000,
+                "the repeat renews the lease"
+            );
+        }
+        other => panic!("the repeated takeover was not acquired: {other:?}"),
+    }
+    drop(store);
+    // Reopening a migrated file migrates nothing more.
+    let store = SqliteStore::builder(&path)
+        .clock(Arc::new(clock))
+        .open()
+        .unwrap();
+    assert_eq!(store.get(&live).await.unwrap().unwrap().token, 7);
+}

@@ -91,6 +91,7 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use super::record::{ClaimStep, Held, decide_claim, fenced};
 use super::{
     Claim, ClaimOutcome, Fingerprint, LIMITS, ListQuery, Outcome, Page, Record, RecordKey, State,
     Stats, Store, StoreError, StoreResult, Token,
@@ -234,6 +235,10 @@ struct Entry {
     expires_at: Option<Millis>,
     /// The claim's ttl: an in-progress record abandoned longer than this expires.
     ttl_ms: Millis,
+    /// The nonce of the claim that acquired the record (see [`Claim::nonce`]).
+    nonce: Option<u64>,
+    /// The previous owner's token, when the record was acquired by a takeover.
+    takeover: Option<Token>,
     /// Set by the first waiter; woken when the record settles or goes away.
     waiters: Option<Arc<Notify>>,
     /// In a bounded shard, this settled record's place in the eviction heap (0: none).
@@ -262,6 +267,21 @@ impl Entry {
         }
     }
 
+    /// What the claim decision reads of this (live) entry.
+    fn held(&self) -> Held {
+        Held {
+            fingerprint: self.fingerprint,
+            lease_until: match self.state {
+                State::InProgress { lease_until } => Some(lease_until),
+                State::Completed(_) | State::Failed(_) => None,
+            },
+            token: self.token,
+            attempts: self.attempts,
+            nonce: self.nonce,
+            takeover: self.takeover,
+        }
+    }
+
     /// Whether `token` currently owns this in-progress record.
     fn owned_by(&self, token: Token) -> bool {
         self.token == token && !self.state.is_settled()
@@ -279,14 +299,6 @@ impl Entry {
 fn wake(waiters: Option<Arc<Notify>>) {
     if let Some(n) = waiters {
         n.notify_waiters();
-    }
-}
-
-fn fenced(id: &RecordKey, token: Token, current: Option<Token>) -> StoreError {
-    StoreError::Fenced {
-        id: id.clone(),
-        token,
-        current,
     }
 }
 
@@ -386,50 +398,64 @@ impl MemoryStore {
             match table.entry(hash, |e| e.id == claim.id, |e| e.hash) {
                 TableEntry::Occupied(mut occ) => {
                     let e = occ.get_mut();
-                    if e.is_expired(now) {
-                        // Reuse the slot (and the key's allocation) for a fresh record.
-                        *last_token += 1;
-                        stale_waiters = e.waiters.take();
-                        e.fingerprint = claim.fingerprint;
-                        e.state = State::InProgress { lease_until };
-                        e.token = *last_token;
-                        e.attempts = 1;
-                        e.created_at = now;
-                        e.updated_at = now;
-                        e.expires_at = None;
-                        e.ttl_ms = ttl_ms;
-                        ClaimOutcome::Acquired {
-                            token: e.token,
-                            lease_until,
-                            takeover: None,
-                            attempt: 1,
-                        }
-                    } else if let (Some(mine), Some(theirs)) = (claim.fingerprint, e.fingerprint)
-                        && mine != theirs
-                    {
-                        ClaimOutcome::Mismatch(e.to_record())
-                    } else {
-                        match e.state {
-                            State::InProgress {
-                                lease_until: current,
-                            } if current <= now && claim.take_over_expired => {
-                                *last_token += 1;
-                                let previous = e.token;
-                                e.token = *last_token;
-                                e.attempts = e.attempts.saturating_add(1);
-                                e.state = State::InProgress { lease_until };
-                                e.updated_at = now;
-                                e.ttl_ms = ttl_ms;
-                                e.fingerprint = claim.fingerprint.or(e.fingerprint);
-                                ClaimOutcome::Acquired {
-                                    token: e.token,
-                                    lease_until,
-                                    takeover: Some(previous),
-                                    attempt: e.attempts,
-                                }
+                    let expired = e.is_expired(now);
+                    let held = (!expired).then(|| e.held());
+                    match decide_claim(held.as_ref(), claim, now) {
+                        ClaimStep::Fresh => {
+                            // Reuse the slot (and the key's allocation) for a fresh record.
+                            *last_token += 1;
+                            stale_waiters = e.waiters.take();
+                            e.fingerprint = claim.fingerprint;
+                            e.state = State::InProgress { lease_until };
+                            e.token = *last_token;
+                            e.attempts = 1;
+                            e.created_at = now;
+                            e.updated_at = now;
+                            e.expires_at = None;
+                            e.ttl_ms = ttl_ms;
+                            e.nonce = claim.nonce;
+                            e.takeover = None;
+                            ClaimOutcome::Acquired {
+                                token: e.token,
+                                lease_until,
+                                takeover: None,
+                                attempt: 1,
                             }
-                            _ => ClaimOutcome::Existing(e.to_record()),
                         }
+                        ClaimStep::Takeover { previous, attempt } => {
+                            *last_token += 1;
+                            e.token = *last_token;
+                            e.attempts = attempt;
+                            e.state = State::InProgress { lease_until };
+                            e.updated_at = now;
+                            e.ttl_ms = ttl_ms;
+                            e.fingerprint = claim.fingerprint.or(e.fingerprint);
+                            e.nonce = claim.nonce;
+                            e.takeover = Some(previous);
+                            ClaimOutcome::Acquired {
+                                token: e.token,
+                                lease_until,
+                                takeover: Some(previous),
+                                attempt,
+                            }
+                        }
+                        ClaimStep::Repeat {
+                            token,
+                            attempt,
+                            takeover,
+                        } => {
+                            e.state = State::InProgress { lease_until };
+                            e.updated_at = now;
+                            e.ttl_ms = ttl_ms;
+                            ClaimOutcome::Acquired {
+                                token,
+                                lease_until,
+                                takeover,
+                                attempt,
+                            }
+                        }
+                        ClaimStep::Existing => ClaimOutcome::Existing(e.to_record()),
+                        ClaimStep::Mismatch => ClaimOutcome::Mismatch(e.to_record()),
                     }
                 }
                 TableEntry::Vacant(vacant) => {
@@ -446,6 +472,8 @@ impl MemoryStore {
                         updated_at: now,
                         expires_at: None,
                         ttl_ms,
+                        nonce: claim.nonce,
+                        takeover: None,
                         waiters: None,
                         seq: 0,
                     });

@@ -578,8 +578,9 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// [`StoreError::Invalid`] (kind [`ErrorKind::Invalid`]) before the backend is touched,
 /// so nothing changed. Leases, ttls and timeouts longer than `max_duration` (up to
 /// `Duration::MAX`) are accepted and capped. A store of your own should check
-/// [`Limits::check_id`] and [`Limits::check_outcome`] first, and decode its rows with
-/// [`record::RawRecord::decode`].
+/// [`Limits::check_id`] and [`Limits::check_outcome`] first, decode its rows with
+/// [`record::RawRecord::decode`], and, if it decides claims in Rust, apply
+/// [`record::decide_claim`] (the memory and SQLite stores do).
 #[async_trait]
 pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Atomically claims `claim.id`.

@@ -301,6 +301,116 @@ pub fn fenced(id: &RecordKey, token: Token, current: Option<Token>) -> StoreErro
     }
 }
 
+/// What a claim needs to know of the live record it found: the [`Record`] fields the
+/// decision reads, plus the two that only stores keep (the owning claim's nonce and,
+/// after a takeover, the previous owner's token). `Copy`, so a store builds one from
+/// its row or entry without cloning the key or the outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Held {
+    /// The stored payload fingerprint.
+    pub fingerprint: Option<Fingerprint>,
+    /// `Some(lease_until)` while in progress, `None` once settled.
+    pub lease_until: Option<Millis>,
+    /// The record's current token.
+    pub token: Token,
+    /// The record's attempt count.
+    pub attempts: u32,
+    /// The [`Claim::nonce`](super::Claim::nonce) of the claim that acquired the record.
+    pub nonce: Option<u64>,
+    /// The previous owner's token, when the record was acquired by a takeover.
+    pub takeover: Option<Token>,
+}
+
+/// The answer of [`decide_claim`]: what the store must do, in its own storage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClaimStep {
+    /// No live record: create one with a new token, attempt 1, the claim's nonce and
+    /// no takeover.
+    Fresh,
+    /// Take over the expired lease: a new token, `attempt`, the claim's nonce,
+    /// `previous` as the takeover, and the claim's fingerprint (or the stored one when
+    /// the claim has none).
+    Takeover {
+        /// The token being fenced off.
+        previous: Token,
+        /// The held attempt count plus one.
+        attempt: u32,
+    },
+    /// The same claimant repeats its claim (same nonce, still the owner): keep the
+    /// token, attempt and takeover, move the lease to `now + lease` (and the retention
+    /// with it), answer `Acquired` again.
+    Repeat {
+        /// The held token.
+        token: Token,
+        /// The held attempt count.
+        attempt: u32,
+        /// The held takeover.
+        takeover: Option<Token>,
+    },
+    /// Someone else's record (settled, live, or expired without `take_over_expired`):
+    /// answer [`ClaimOutcome::Existing`](super::ClaimOutcome::Existing).
+    Existing,
+    /// The stored fingerprint differs from the claim's: answer
+    /// [`ClaimOutcome::Mismatch`](super::ClaimOutcome::Mismatch).
+    Mismatch,
+}
+
+/// The one claim decision of the stores that decide in Rust (memory, SQLite): given
+/// the live record (`None` when there is none, or it expired), the claim and the
+/// time, what `claim` does. The order is the contract's: a different fingerprint is
+/// a mismatch whoever asks; a claim with the owner's nonce repeats the acquisition
+/// (even after its lease passed, as long as nobody took it over, like `renew`); an
+/// expired lease is taken over when the claim allows it; anything else is existing.
+///
+/// ```
+/// use idemp::store::record::{ClaimStep, Held, decide_claim};
+/// use idemp::store::{Claim, RecordKey};
+///
+/// let claim = Claim::new(RecordKey::new("s", "k")).nonce(7);
+/// assert_eq!(decide_claim(None, &claim, 1_000), ClaimStep::Fresh);
+/// let held = Held {
+///     fingerprint: None,
+///     lease_until: Some(61_000),
+///     token: 3,
+///     attempts: 1,
+///     nonce: Some(7),
+///     takeover: None,
+/// };
+/// let repeat = ClaimStep::Repeat { token: 3, attempt: 1, takeover: None };
+/// assert_eq!(decide_claim(Some(&held), &claim, 2_000), repeat);
+/// let other = Claim::new(RecordKey::new("s", "k")).nonce(8);
+/// assert_eq!(decide_claim(Some(&held), &other, 2_000), ClaimStep::Existing);
+/// let takeover = ClaimStep::Takeover { previous: 3, attempt: 2 };
+/// assert_eq!(decide_claim(Some(&held), &other, 61_000), takeover);
+/// ```
+pub fn decide_claim(held: Option<&Held>, claim: &super::Claim, now: Millis) -> ClaimStep {
+    let Some(held) = held else {
+        return ClaimStep::Fresh;
+    };
+    if let (Some(stored), Some(given)) = (held.fingerprint, claim.fingerprint)
+        && stored != given
+    {
+        return ClaimStep::Mismatch;
+    }
+    let Some(lease_until) = held.lease_until else {
+        return ClaimStep::Existing;
+    };
+    if claim.nonce.is_some() && claim.nonce == held.nonce {
+        return ClaimStep::Repeat {
+            token: held.token,
+            attempt: held.attempts,
+            takeover: held.takeover,
+        };
+    }
+    if lease_until <= now && claim.take_over_expired {
+        return ClaimStep::Takeover {
+            previous: held.token,
+            attempt: held.attempts.saturating_add(1),
+        };
+    }
+    ClaimStep::Existing
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -546,6 +656,124 @@ mod tests {
                 "fingerprint",
             );
         }
+    }
+
+    fn held(lease_until: Option<Millis>, nonce: Option<u64>) -> Held {
+        Held {
+            fingerprint: Some(Fingerprint([1; 32])),
+            lease_until,
+            token: 9,
+            attempts: 3,
+            nonce,
+            takeover: Some(4),
+        }
+    }
+
+    fn claim(nonce: Option<u64>) -> super::super::Claim {
+        let mut c = super::super::Claim::new(id()).fingerprint(Some(Fingerprint([1; 32])));
+        c.nonce = nonce;
+        c
+    }
+
+    #[test]
+    fn claim_decision_fresh_existing_takeover() {
+        assert_eq!(decide_claim(None, &claim(Some(1)), 0), ClaimStep::Fresh);
+        let live = held(Some(100), Some(1));
+        assert_eq!(
+            decide_claim(Some(&live), &claim(Some(2)), 50),
+            ClaimStep::Existing
+        );
+        assert_eq!(
+            decide_claim(Some(&live), &claim(None), 50),
+            ClaimStep::Existing
+        );
+        let takeover = ClaimStep::Takeover {
+            previous: 9,
+            attempt: 4,
+        };
+        // The lease passes at `lease_until` itself.
+        assert_eq!(decide_claim(Some(&live), &claim(Some(2)), 100), takeover);
+        assert_eq!(decide_claim(Some(&live), &claim(None), 500), takeover);
+        let no_takeover = claim(Some(2)).take_over_expired(false);
+        assert_eq!(
+            decide_claim(Some(&live), &no_takeover, 500),
+            ClaimStep::Existing
+        );
+        let settled = held(None, Some(2));
+        assert_eq!(
+            decide_claim(Some(&settled), &claim(Some(3)), 500),
+            ClaimStep::Existing
+        );
+        let full = Held {
+            attempts: u32::MAX,
+            ..live
+        };
+        assert_eq!(
+            decide_claim(Some(&full), &claim(None), 500),
+            ClaimStep::Takeover {
+                previous: 9,
+                attempt: u32::MAX
+            },
+            "the attempt count saturates"
+        );
+    }
+
+    #[test]
+    fn claim_decision_repeats_the_owners_nonce_only() {
+        let repeat = ClaimStep::Repeat {
+            token: 9,
+            attempt: 3,
+            takeover: Some(4),
+        };
+        let live = held(Some(100), Some(7));
+        assert_eq!(decide_claim(Some(&live), &claim(Some(7)), 50), repeat);
+        // Still the owner after its lease passed (nobody took over), whether or not
+        // the claim would take over.
+        assert_eq!(decide_claim(Some(&live), &claim(Some(7)), 500), repeat);
+        let no_takeover = claim(Some(7)).take_over_expired(false);
+        assert_eq!(decide_claim(Some(&live), &no_takeover, 500), repeat);
+        // No nonce never matches, not even a stored "none".
+        let anonymous = held(Some(100), None);
+        assert_eq!(
+            decide_claim(Some(&anonymous), &claim(None), 50),
+            ClaimStep::Existing
+        );
+        // Once settled, the nonce is nobody's: the outcome is existing.
+        let settled = held(None, Some(7));
+        assert_eq!(
+            decide_claim(Some(&settled), &claim(Some(7)), 50),
+            ClaimStep::Existing
+        );
+    }
+
+    #[test]
+    fn claim_decision_mismatch_comes_first() {
+        let other = claim(Some(7)).fingerprint(Some(Fingerprint([2; 32])));
+        for h in [
+            held(Some(100), Some(7)),
+            held(Some(100), Some(1)),
+            held(None, Some(7)),
+        ] {
+            for now in [50, 500] {
+                assert_eq!(decide_claim(Some(&h), &other, now), ClaimStep::Mismatch);
+            }
+        }
+        // A claim or a record without a fingerprint matches any.
+        let anyone = claim(Some(7)).fingerprint(None);
+        let repeat = ClaimStep::Repeat {
+            token: 9,
+            attempt: 3,
+            takeover: Some(4),
+        };
+        assert_eq!(
+            decide_claim(Some(&held(Some(100), Some(7))), &anyone, 50),
+            repeat
+        );
+        let unprinted = Held {
+            fingerprint: None,
+            ..held(Some(100), Some(7))
+        };
+        assert_eq!(decide_claim(Some(&unprinted), &other, 50), repeat);
     }
 
     #[test]

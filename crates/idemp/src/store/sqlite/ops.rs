@@ -11,7 +11,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::clock::Millis;
-use crate::store::record::{self, LIMITS, RawRecord, decode_token};
+use crate::store::record::{self, ClaimStep, Held, LIMITS, RawRecord, decide_claim, decode_token};
 use crate::store::{
     Claim, ClaimOutcome, ListQuery, Outcome, Page, Record, RecordKey, State, Stats, StoreResult,
     Token,
@@ -160,8 +160,43 @@ impl TokenSeq {
     }
 }
 
-/// `claim`: see [`crate::store::Store::claim`]. Tokens come from `seq`, which the
-/// caller stores before committing.
+/// A claim's nonce as stored: the signed integer with the same 64 bits.
+fn sql_nonce(nonce: Option<u64>) -> Option<i64> {
+    nonce.map(|n| i64::from_ne_bytes(n.to_ne_bytes()))
+}
+
+/// The owner-side columns only the claim decision reads: the nonce of the claim
+/// that acquired the record, and the token it took over.
+struct Owner {
+    nonce: Option<u64>,
+    takeover: Option<Token>,
+}
+
+/// The row a claim found, with its [`Owner`] columns.
+fn select_for_claim(
+    conn: &Connection,
+    id: &RecordKey,
+) -> rusqlite::Result<Option<(RawRow, Owner)>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS}, nonce, takeover FROM idemp_records WHERE scope = ?1 AND key = ?2"
+    ))?;
+    stmt.query_row(params![id.scope, id.key], |row| {
+        let raw = RawRow::from_row(row)?;
+        let nonce: Option<i64> = row.get(13)?;
+        let takeover: Option<i64> = row.get(14)?;
+        let owner = Owner {
+            nonce: nonce.map(|n| u64::from_ne_bytes(n.to_ne_bytes())),
+            // Written only from a token; anything else reports no takeover.
+            takeover: takeover.and_then(|t| decode_token(t).ok()),
+        };
+        Ok((raw, owner))
+    })
+    .optional()
+}
+
+/// `claim`: see [`crate::store::Store::claim`]; the decision is the shared
+/// [`decide_claim`]. Tokens come from `seq`, which the caller stores before
+/// committing.
 pub(crate) fn claim(
     conn: &Connection,
     c: &Claim,
@@ -175,18 +210,20 @@ pub(crate) fn claim(
     let ttl_ms = capped_ms(c.ttl);
     let purge_at = lease_until.saturating_add(ttl_ms);
 
-    // Fast path, one statement: insert a new record, or replace one that is no
-    // longer live (expired, not yet swept).
+    // Fast path, one statement: the decision for no live record (`Fresh`) is to
+    // insert a new record, or replace one that is no longer live (expired, not yet
+    // swept).
     let token = seq.peek();
     let mut stmt = conn.prepare_cached(
         "INSERT INTO idemp_records (scope, key, fingerprint, state, token, attempts, \
-         created_at, updated_at, lease_until, ttl_ms, purge_at, codec, compression, outcome) \
-         VALUES (?1, ?2, ?3, 0, ?4, 1, ?5, ?5, ?6, ?7, ?8, NULL, NULL, NULL) \
+         created_at, updated_at, lease_until, ttl_ms, purge_at, codec, compression, outcome, \
+         nonce, takeover) \
+         VALUES (?1, ?2, ?3, 0, ?4, 1, ?5, ?5, ?6, ?7, ?8, NULL, NULL, NULL, ?9, NULL) \
          ON CONFLICT (scope, key) DO UPDATE SET fingerprint = excluded.fingerprint, \
          state = 0, token = excluded.token, attempts = 1, created_at = excluded.created_at, \
          updated_at = excluded.updated_at, lease_until = excluded.lease_until, \
          ttl_ms = excluded.ttl_ms, purge_at = excluded.purge_at, codec = NULL, \
-         compression = NULL, outcome = NULL \
+         compression = NULL, outcome = NULL, nonce = excluded.nonce, takeover = NULL \
          WHERE idemp_records.purge_at <= excluded.created_at",
     )?;
     let inserted = stmt.execute(params![
@@ -198,6 +235,7 @@ pub(crate) fn claim(
         sql_ms(lease_until),
         sql_ms(ttl_ms),
         sql_ms(purge_at),
+        sql_nonce(c.nonce),
     ])?;
     if inserted == 1 {
         seq.take();
@@ -209,29 +247,35 @@ pub(crate) fn claim(
         }));
     }
 
-    // A live record exists.
-    let Some(raw) = select_row(conn, &c.id)? else {
+    // A live record exists (the insert changed nothing, so the row is live).
+    let Some((raw, owner)) = select_for_claim(conn, &c.id)? else {
         return Err(rusqlite::Error::QueryReturnedNoRows);
     };
     let rec = match raw.into_record() {
         Ok(r) => r,
         Err(e) => return Ok(Err(e)),
     };
-    if let (Some(stored), Some(given)) = (&rec.fingerprint, &c.fingerprint)
-        && stored != given
-    {
-        return Ok(Ok(ClaimOutcome::Mismatch(rec)));
-    }
-    match rec.state {
-        State::InProgress { lease_until: old } if old <= now && c.take_over_expired => {
+    let held = Held {
+        fingerprint: rec.fingerprint,
+        lease_until: match rec.state {
+            State::InProgress { lease_until } => Some(lease_until),
+            State::Completed(_) | State::Failed(_) => None,
+        },
+        token: rec.token,
+        attempts: rec.attempts,
+        nonce: owner.nonce,
+        takeover: owner.takeover,
+    };
+    match decide_claim(Some(&held), c, now) {
+        ClaimStep::Takeover { previous, attempt } => {
             // A taker without a fingerprint keeps the stored one.
             let fp = c.fingerprint.or(rec.fingerprint).map(|f| f.0.to_vec());
             let token = seq.take();
-            let attempt = rec.attempts.saturating_add(1);
             let mut stmt = conn.prepare_cached(
                 "UPDATE idemp_records SET fingerprint = ?3, state = 0, token = ?4, \
                  attempts = ?5, updated_at = ?6, lease_until = ?7, ttl_ms = ?8, \
-                 purge_at = ?9, codec = NULL, compression = NULL, outcome = NULL \
+                 purge_at = ?9, codec = NULL, compression = NULL, outcome = NULL, \
+                 nonce = ?10, takeover = ?11 \
                  WHERE scope = ?1 AND key = ?2",
             )?;
             stmt.execute(params![
@@ -244,15 +288,43 @@ pub(crate) fn claim(
                 sql_ms(lease_until),
                 sql_ms(ttl_ms),
                 sql_ms(purge_at),
+                sql_nonce(c.nonce),
+                sql_ms(previous),
             ])?;
             Ok(Ok(ClaimOutcome::Acquired {
                 token,
                 lease_until,
-                takeover: Some(rec.token),
+                takeover: Some(previous),
                 attempt,
             }))
         }
-        _ => Ok(Ok(ClaimOutcome::Existing(rec))),
+        ClaimStep::Repeat {
+            token,
+            attempt,
+            takeover,
+        } => {
+            let mut stmt = conn.prepare_cached(
+                "UPDATE idemp_records SET updated_at = ?3, lease_until = ?4, ttl_ms = ?5, \
+                 purge_at = ?6 WHERE scope = ?1 AND key = ?2",
+            )?;
+            stmt.execute(params![
+                c.id.scope,
+                c.id.key,
+                sql_ms(now),
+                sql_ms(lease_until),
+                sql_ms(ttl_ms),
+                sql_ms(purge_at),
+            ])?;
+            Ok(Ok(ClaimOutcome::Acquired {
+                token,
+                lease_until,
+                takeover,
+                attempt,
+            }))
+        }
+        ClaimStep::Mismatch => Ok(Ok(ClaimOutcome::Mismatch(rec))),
+        // `Fresh` cannot come from a live record; answering with it is the safe side.
+        ClaimStep::Existing | ClaimStep::Fresh => Ok(Ok(ClaimOutcome::Existing(rec))),
     }
 }
 

@@ -17,10 +17,16 @@ use crate::store::{StoreError, StoreResult};
 pub const APPLICATION_ID: i32 = 0x6964_6d70;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i64 = 1;
+///
+/// Version 2 added the `nonce` and `takeover` columns ([`Claim::nonce`]); a file
+/// of version 1 is migrated when a store opens it (a build that only knows
+/// version 1 then refuses the file as newer than it supports).
+///
+/// [`Claim::nonce`]: crate::store::Claim::nonce
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Scripts that move a schema from version `i` to `i + 1` (index 0 creates version 1).
-const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql"), include_str!("schema_v2.sql")];
 
 /// Opens a connection to `path` with the options, without touching the file's content.
 pub(crate) fn connect(path: &Path, opts: &SqliteOptions, create: bool) -> StoreResult<Connection> {
