@@ -70,6 +70,25 @@ pub enum ClientError {
     Build(#[from] reqwest::Error),
 }
 
+impl crate::retry::Retryable for ClientError {
+    /// `Transport` when the last failure was a connection failure or a timeout (the
+    /// client's own retries gave up; a later call with the same key is safe); never
+    /// the others, which fail the same way every time.
+    fn is_retryable(&self) -> bool {
+        match self {
+            ClientError::Transport { source, .. } => transport_is_retryable(source),
+            ClientError::StreamingBody | ClientError::Key(_) | ClientError::Build(_) => false,
+        }
+    }
+}
+
+/// Whether a transport error happened before a response arrived (connect, timeout,
+/// sending the request): what the client retries, and what makes a
+/// [`ClientError::Transport`] retryable.
+fn transport_is_retryable(e: &reqwest::Error) -> bool {
+    e.is_connect() || e.is_timeout() || e.is_request()
+}
+
 /// A failed attempt, as the classifier sees it.
 #[derive(Debug)]
 enum AttemptError {
@@ -96,7 +115,7 @@ impl RetryInfo for AttemptError {
     }
     fn is_transport(&self) -> bool {
         match self {
-            AttemptError::Transport(e) => e.is_connect() || e.is_timeout() || e.is_request(),
+            AttemptError::Transport(e) => transport_is_retryable(e),
             AttemptError::Status { .. } | AttemptError::Streaming => false,
         }
     }

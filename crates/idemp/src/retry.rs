@@ -96,8 +96,67 @@ where
     }
 }
 
+/// The one answer idemp's errors give to "may I try this again?".
+///
+/// An error is **retryable** when the same call, repeated later *unchanged* (same
+/// idempotency key, same arguments), may succeed: the cause lies outside the request
+/// (a store or server unreachable, busy, full or lagging; another execution holding
+/// the key), and the key makes the repeat safe, so it cannot run an effect twice.
+/// Anything else (an invalid argument, a different payload under the same key, a
+/// fenced owner, a sticky failure, a corrupt record) fails the same way every time,
+/// and retrying it only adds load.
+///
+/// | error | retryable when |
+/// |---|---|
+/// | [`StoreError`](crate::store::StoreError) | `Unavailable`, `Capacity`, `NotReplicated` ([`is_transient`](crate::store::StoreError::is_transient)) |
+/// | [`GuardError`](crate::guard::GuardError) | `InProgress`, or `Store(e)` with `e` retryable ([`is_retryable`](crate::guard::GuardError::is_retryable)) |
+/// | [`ToolFailure`](crate::tool::ToolFailure) | its `retryable` flag ([`ToolFailure::transient`](crate::tool::ToolFailure::transient)) |
+/// | `ClientError` (feature `client`) | `Transport` with a connection failure or timeout |
+/// | any [`RetryInfo`] | a transport failure, or a status or error type its [`Provider`] retries ([`Provider::is_retryable`]) |
+///
+/// The inherent methods named in the table give the same answer as this trait; the
+/// trait lets [`when_retryable`] drive a [`Retrier`] over any of them.
+///
+/// ```
+/// use idemp::retry::Retryable;
+/// use idemp::store::StoreError;
+/// use idemp::tool::ToolFailure;
+/// assert!(StoreError::Unavailable("reset".into()).is_retryable());
+/// assert!(!StoreError::Invalid("empty key".into()).is_retryable());
+/// assert!(ToolFailure::transient("503").is_retryable());
+/// assert!(!ToolFailure::permanent("card declined").is_retryable());
+/// ```
+pub trait Retryable {
+    /// Whether the same call, repeated later unchanged, may succeed.
+    fn is_retryable(&self) -> bool;
+}
+
+impl<T: Retryable + ?Sized> Retryable for &T {
+    fn is_retryable(&self) -> bool {
+        (**self).is_retryable()
+    }
+}
+
+/// A [`Classify`] function for any [`Retryable`] error: retry it when it is
+/// retryable, stop otherwise.
+///
+/// ```
+/// use idemp::retry::{Decision, when_retryable};
+/// use idemp::tool::ToolFailure;
+/// assert_eq!(when_retryable(&ToolFailure::transient("503")), Decision::Retry);
+/// assert_eq!(when_retryable(&ToolFailure::permanent("no")), Decision::Stop);
+/// ```
+pub fn when_retryable<E: Retryable + ?Sized>(error: &E) -> Decision {
+    if error.is_retryable() {
+        Decision::Retry
+    } else {
+        Decision::Stop
+    }
+}
+
 /// What an error can tell a classifier. Implement it for your error type to use the
-/// [`Provider`] presets.
+/// [`Provider`] presets, which turn it into the same yes/no as [`Retryable`]
+/// ([`Provider::is_retryable`]).
 pub trait RetryInfo {
     /// The HTTP status of the failed response, if there was one.
     fn status(&self) -> Option<u16> {
@@ -187,17 +246,34 @@ impl Provider {
     }
 }
 
+impl Provider {
+    /// Whether this provider retries `error` (the [`Retryable`] answer for an HTTP
+    /// failure): never when cancelled; otherwise a transport failure, a retryable
+    /// status, or a retryable error type.
+    ///
+    /// ```
+    /// use idemp::retry::{Provider, RetryInfo};
+    /// struct Status(u16);
+    /// impl RetryInfo for Status {
+    ///     fn status(&self) -> Option<u16> { Some(self.0) }
+    /// }
+    /// assert!(Provider::Anthropic.is_retryable(&Status(529)));
+    /// assert!(!Provider::Http.is_retryable(&Status(529)));
+    /// assert!(!Provider::Http.is_retryable(&Status(400)));
+    /// ```
+    pub fn is_retryable<E: RetryInfo + ?Sized>(self, error: &E) -> bool {
+        !error.is_cancelled()
+            && (error.is_transport()
+                || error.status().is_some_and(|s| self.is_retryable_status(s))
+                || error
+                    .error_type()
+                    .is_some_and(|t| self.is_retryable_error_type(t)))
+    }
+}
+
 impl<E: RetryInfo> Classify<E> for Provider {
     fn classify(&self, error: &E) -> Decision {
-        if error.is_cancelled() {
-            return Decision::Stop;
-        }
-        let retryable = error.is_transport()
-            || error.status().is_some_and(|s| self.is_retryable_status(s))
-            || error
-                .error_type()
-                .is_some_and(|t| self.is_retryable_error_type(t));
-        match (retryable, error.retry_after()) {
+        match (self.is_retryable(error), error.retry_after()) {
             (false, _) => Decision::Stop,
             (true, Some(after)) => Decision::RetryAfter(after),
             (true, None) => Decision::Retry,

@@ -57,7 +57,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::ToolCache;
 use crate::guard::{Guard, GuardError, OnDuplicate, ValueCodec};
-use crate::retry::{Decision, Retrier, RetryPolicy};
+use crate::retry::{Retrier, RetryPolicy, when_retryable};
 use crate::store::{DynStore, Fingerprint, Store};
 
 /// What a tool does to the world.
@@ -141,12 +141,18 @@ impl ToolFailure {
             data: serde_json::Value::Null,
         }
     }
-    /// A transient failure (timeouts, 503s).
+    /// A transient failure (timeouts, 503s): [`Retryable`](crate::retry::Retryable).
     pub fn transient(message: impl Into<String>) -> Self {
         Self {
             retryable: true,
             ..Self::permanent(message)
         }
+    }
+}
+
+impl crate::retry::Retryable for ToolFailure {
+    fn is_retryable(&self) -> bool {
+        self.retryable
     }
 }
 
@@ -426,13 +432,8 @@ impl ToolRunner {
                 .map_err(|e| failed((*e).clone(), 1)),
             (Effect::Idempotent, _) => {
                 let derived = crate::key::for_args(&self.session, name, &args);
-                let retrier = Retrier::new((*self.retry).clone()).classify(|f: &ToolFailure| {
-                    if f.retryable {
-                        Decision::Retry
-                    } else {
-                        Decision::Stop
-                    }
-                });
+                let retrier =
+                    Retrier::new((*self.retry).clone()).classify(when_retryable::<ToolFailure>);
                 retrier
                     .run(Some(key.unwrap_or(derived.as_str())), |_| {
                         handler(args.clone())

@@ -381,6 +381,12 @@ async fn waits_keep_their_deadline_beside_a_locked_row_and_cancellations_are_tra
         .await
         .expect_err("the row is locked by the owner's transaction");
     assert!(err.is_transient(), "57014 must be transient: {err:?}");
+    // The server's error is the source, typed (not flattened into the message).
+    let db = std::error::Error::source(&err)
+        .and_then(|s| s.downcast_ref::<tokio_postgres::Error>())
+        .and_then(|e| e.as_db_error())
+        .expect("the tokio_postgres error as the source");
+    assert_eq!(db.code().code(), "57014", "{err}");
     tx.commit().await.unwrap();
     let done = store.get(&id).await.unwrap().unwrap();
     assert_eq!(

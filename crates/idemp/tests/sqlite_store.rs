@@ -440,7 +440,19 @@ async fn a_held_write_lock_delays_then_reports_unavailable() {
         .unwrap();
     // The impatient store gives up after its busy timeout and retries: a transient error.
     match impatient.claim(&Claim::new(id("x"))).await {
-        Err(e @ StoreError::Unavailable(_)) => assert!(e.is_transient()),
+        Err(e @ StoreError::Unavailable(_)) => {
+            assert!(e.is_transient());
+            // The driver's error is kept as the source, typed, not flattened.
+            let source = std::error::Error::source(&e).expect("a source");
+            let sqlite = source
+                .downcast_ref::<idemp::store::sqlite::rusqlite::Error>()
+                .expect("the rusqlite error");
+            assert_eq!(
+                sqlite.sqlite_error_code(),
+                Some(idemp::store::sqlite::rusqlite::ErrorCode::DatabaseBusy),
+                "{e}"
+            );
+        }
         other => panic!("expected Unavailable, got {other:?}"),
     }
     // The patient store waits for the lock and succeeds once it is released.

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::Millis;
 use crate::key::KeyError;
+use crate::retry::Retryable;
 use crate::store::{Fingerprint, RecordKey, StoreError, Token};
 
 use super::codec::CodecError;
@@ -112,12 +113,14 @@ pub enum GuardError<E = Infallible> {
 }
 
 impl<E> GuardError<E> {
-    /// Whether a later retry of the same call may succeed without any change
-    /// (in progress elsewhere, store unavailable).
+    /// Whether a later retry of the same call may succeed without any change:
+    /// `InProgress` (another execution holds the key), or a `Store` error that is
+    /// retryable. The operation's own error (`Operation`) is not judged here: ask it.
+    /// The [`Retryable`] answer (see there for the notion every idemp error shares).
     pub fn is_retryable(&self) -> bool {
         match self {
             GuardError::InProgress { .. } => true,
-            GuardError::Store(e) => e.is_transient(),
+            GuardError::Store(e) => e.is_retryable(),
             _ => false,
         }
     }
@@ -128,6 +131,12 @@ impl<E> GuardError<E> {
             GuardError::Operation(e) => Some(e),
             _ => None,
         }
+    }
+}
+
+impl<E> Retryable for GuardError<E> {
+    fn is_retryable(&self) -> bool {
+        GuardError::is_retryable(self)
     }
 }
 
@@ -249,3 +258,74 @@ impl fmt::Display for StoredFailure {
 }
 
 impl std::error::Error for StoredFailure {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_errors_source_is_reachable_through_the_guard_error() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        let e: GuardError = GuardError::Store(StoreError::unavailable("redis 10.0.0.1:6379", io));
+        assert!(e.is_retryable());
+        assert!(e.to_string().contains("reset by peer"), "{e}");
+        let source = std::error::Error::source(&e).expect("a source");
+        let io = source
+            .downcast_ref::<std::io::Error>()
+            .expect("the io::Error");
+        assert_eq!(io.kind(), std::io::ErrorKind::ConnectionReset);
+    }
+
+    #[test]
+    fn retryable_is_one_notion() {
+        let id = || RecordKey::new("s", "k");
+        let store_errors = || {
+            vec![
+                StoreError::Unavailable("x".into()),
+                StoreError::Capacity { max_entries: 1 },
+                StoreError::NotReplicated {
+                    id: id(),
+                    wanted: 1,
+                    acked: 0,
+                    timeout: Duration::from_millis(1),
+                },
+                StoreError::Fenced {
+                    id: id(),
+                    token: 1,
+                    current: None,
+                },
+                StoreError::Invalid("x".into()),
+                StoreError::Incompatible("x".into()),
+                StoreError::Corrupt {
+                    id: id(),
+                    reason: "x".into(),
+                },
+                StoreError::Backend("x".into()),
+            ]
+        };
+        let transient: Vec<bool> = store_errors().iter().map(|e| e.is_transient()).collect();
+        assert_eq!(
+            transient,
+            [true, true, true, false, false, false, false, false]
+        );
+        for (e, t) in store_errors().into_iter().zip(transient) {
+            assert_eq!(Retryable::is_retryable(&e), t, "{e}");
+            let g: GuardError<std::io::Error> = GuardError::Store(e);
+            assert_eq!(g.is_retryable(), t, "{g}");
+            assert_eq!(Retryable::is_retryable(&g), t, "{g}");
+        }
+        let busy: GuardError = GuardError::InProgress {
+            id: id(),
+            retry_after: Duration::from_secs(1),
+        };
+        assert!(Retryable::is_retryable(&busy));
+        let op: GuardError<std::io::Error> =
+            GuardError::Operation(std::io::Error::other("timed out"));
+        assert!(
+            !op.is_retryable(),
+            "the operation's own error is not judged"
+        );
+        let lost: GuardError = GuardError::LeaseLost { id: id(), token: 1 };
+        assert!(!lost.is_retryable());
+    }
+}

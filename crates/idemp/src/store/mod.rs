@@ -476,9 +476,11 @@ pub enum StoreError {
     /// The store cannot be reached or gave up (connection refused, reset, timed out,
     /// statement cancelled, busy). Retrying later may succeed. The outcome of the
     /// attempted write is **unknown**: it may have been applied before the reply was
-    /// lost (see [`outcome_unknown`](Self::outcome_unknown)).
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
+    /// lost (see [`outcome_unknown`](Self::outcome_unknown)). The [`Cause`] derefs to
+    /// its message and keeps the driver's error, when there is one, as this error's
+    /// [`source`](std::error::Error::source).
+    #[error(transparent)]
+    Unavailable(Cause),
     /// A stored record could not be read (corrupt, written by a newer version…).
     #[error("corrupt record {id}: {reason}")]
     Corrupt {
@@ -533,7 +535,27 @@ impl StoreError {
     pub fn backend(e: impl std::error::Error + Send + Sync + 'static) -> Self {
         Self::Backend(Box::new(e))
     }
-    /// Whether retrying the same operation later may succeed.
+    /// [`Unavailable`](Self::Unavailable) with a message and the driver's error as
+    /// its source (kept typed, not flattened into the message).
+    ///
+    /// ```
+    /// use idemp::store::StoreError;
+    /// let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+    /// let e = StoreError::unavailable("redis 127.0.0.1:6379", io);
+    /// assert_eq!(e.to_string(), "store unavailable: redis 127.0.0.1:6379: reset by peer");
+    /// let source = std::error::Error::source(&e).unwrap();
+    /// assert!(source.downcast_ref::<std::io::Error>().is_some());
+    /// ```
+    pub fn unavailable(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Unavailable(Cause::with_source(message, source))
+    }
+    /// Whether retrying the same operation later may succeed: `Unavailable`,
+    /// `Capacity`, `NotReplicated`. The same answer as
+    /// [`Retryable::is_retryable`](crate::retry::Retryable), which the guard, tool and
+    /// client errors share.
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
@@ -559,6 +581,96 @@ impl StoreError {
     /// (`Unavailable`, `Backend`); `false` means it changed nothing.
     pub fn outcome_unknown(&self) -> bool {
         matches!(self, StoreError::Unavailable(_) | StoreError::Backend(_))
+    }
+}
+
+impl crate::retry::Retryable for StoreError {
+    fn is_retryable(&self) -> bool {
+        self.is_transient()
+    }
+}
+
+/// Why a store is [unavailable](StoreError::Unavailable): a message, and the
+/// driver's error when there is one.
+///
+/// It derefs to the message (`cause.contains("locked")`), displays as
+/// `store unavailable: MESSAGE[: SOURCE]`, and its
+/// [`source`](std::error::Error::source) is the driver's error (an `io::Error`,
+/// a `rusqlite::Error`, a `tokio_postgres::Error`…), for callers that downcast.
+/// Cloning shares the source.
+///
+/// ```
+/// use idemp::store::{Cause, StoreError};
+/// let e = StoreError::Unavailable("connection refused".into());
+/// let StoreError::Unavailable(cause) = &e else { unreachable!() };
+/// assert!(cause.contains("refused"));
+/// assert_eq!(e.to_string(), "store unavailable: connection refused");
+/// assert!(std::error::Error::source(&e).is_none());
+/// ```
+#[derive(Clone, Debug)]
+pub struct Cause {
+    message: String,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl Cause {
+    /// A cause with a message only.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            source: None,
+        }
+    }
+    /// A cause with a message and the error behind it.
+    pub fn with_source(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            message: message.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
+    /// The message (without the source's text).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl std::ops::Deref for Cause {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "store unavailable: {}", self.message)?;
+        if let Some(source) = &self.source {
+            write!(f, ": {source}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<String> for Cause {
+    fn from(message: String) -> Self {
+        Self::new(message)
+    }
+}
+
+impl From<&str> for Cause {
+    fn from(message: &str) -> Self {
+        Self::new(message)
     }
 }
 

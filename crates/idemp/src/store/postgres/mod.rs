@@ -730,9 +730,10 @@ impl Store for PostgresStore {
                     Err(_) => {
                         return match last {
                             Some(r) => Ok(Some(r)),
-                            None => Err(StoreError::Unavailable(format!(
-                                "postgres wait: no answer within the {timeout:?} timeout"
-                            ))),
+                            None => Err(StoreError::Unavailable(
+                                format!("postgres wait: no answer within the {timeout:?} timeout")
+                                    .into(),
+                            )),
                         };
                     }
                 },

@@ -28,7 +28,8 @@ pub(super) fn is_unavailable(e: &RedisError) -> bool {
 }
 
 pub(super) fn unavailable(server: &impl fmt::Display, e: &RedisError) -> StoreError {
-    StoreError::Unavailable(format!(
-        "redis {server}: {e} (is the server running? `scripts/services.sh` starts a local one)"
-    ))
+    StoreError::unavailable(
+        format!("redis {server} (is the server running? `scripts/services.sh` starts a local one)"),
+        e.clone(),
+    )
 }

@@ -297,7 +297,7 @@ impl fmt::Debug for SqliteStore {
 pub(crate) fn map_err(e: rusqlite::Error) -> StoreError {
     match e.sqlite_error_code() {
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
-            StoreError::Unavailable(format!("SQLite database is locked: {e}"))
+            StoreError::unavailable("SQLite database is locked", e)
         }
         Some(ErrorCode::NotADatabase) => {
             StoreError::Incompatible(format!("not an SQLite database: {e}"))
@@ -333,10 +333,9 @@ impl SqliteStore {
             )));
         }
         if !opts.create_if_missing && !path.exists() {
-            return Err(StoreError::Unavailable(format!(
-                "no such store: {} does not exist",
-                path.display()
-            )));
+            return Err(StoreError::Unavailable(
+                format!("no such store: {} does not exist", path.display()).into(),
+            ));
         }
         let mut conn = schema::connect(&path, &opts, opts.create_if_missing)?;
         schema::prepare(&mut conn, &path, &opts)?;

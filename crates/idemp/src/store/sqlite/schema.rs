@@ -39,7 +39,7 @@ pub(crate) fn connect(path: &Path, opts: &SqliteOptions, create: bool) -> StoreR
     let conn =
         Connection::open_with_flags(path, flags).map_err(|e| match e.sqlite_error_code() {
             Some(ErrorCode::CannotOpen) => {
-                StoreError::Unavailable(format!("cannot open SQLite store {}: {e}", path.display()))
+                StoreError::unavailable(format!("cannot open SQLite store {}", path.display()), e)
             }
             _ => map_err(e),
         })?;
