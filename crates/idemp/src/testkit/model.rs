@@ -35,6 +35,9 @@ enum Op {
         key: usize,
         fp: u8,
         take_over: bool,
+        /// The claimant's [`Claim::nonce`](crate::store::Claim::nonce): none, or one
+        /// of two, so that claims often repeat the owner's.
+        nonce: Option<u64>,
     },
     Complete {
         key: usize,
@@ -69,6 +72,10 @@ fn gen_op(rng: &mut Rng, manual: bool) -> Op {
                 key,
                 fp: rng.below(2) as u8,
                 take_over: rng.below(4) != 0,
+                nonce: match rng.below(3) {
+                    0 => None,
+                    n => Some(0x5eed_0000 + n),
+                },
             },
             3 | 4 => Op::Complete { key, stale },
             5 => Op::Fail { key, stale },
@@ -91,6 +98,10 @@ struct ModelRecord {
     lease_until: Option<Millis>,
     /// `Some((completed, expires_at))` once settled.
     settled: Option<(bool, Millis)>,
+    /// The nonce of the claim that acquired it.
+    nonce: Option<u64>,
+    /// The token it took over, if it was acquired by a takeover.
+    takeover: Option<Token>,
 }
 
 impl ModelRecord {
@@ -101,8 +112,10 @@ impl ModelRecord {
     }
 }
 
-/// Random sequences of claim / complete / fail / release / renew (with the current or
-/// a stale token) / purge / sweep, and clock moves on a manual clock, on a few keys:
+/// Random sequences of claim (with no nonce or one of two, so claims often repeat the
+/// owner's: `Acquired` again with its token, takeover and attempt) / complete / fail /
+/// release / renew (with the current or a stale token) / purge / sweep, and clock
+/// moves on a manual clock, on a few keys:
 /// after every step, every key's record (`get`) and `stats` must equal a reference
 /// model's. Sequences are reproducible: a failure names the run, the step and the
 /// operations so far. With real time no time passes in the model (leases are long).
@@ -145,16 +158,29 @@ async fn run_sequence(env: &Env, run: usize, steps: usize) {
         let ctx =
             |what: String| format!("run {run}, step {step} ({what}); operations so far:{log}");
         match op {
-            Op::Claim { key, fp, take_over } => {
+            Op::Claim {
+                key,
+                fp,
+                take_over,
+                nonce,
+            } => {
                 let id = &ids[key];
-                let claim = env
+                let mut claim = env
                     .claim(id)
                     .fingerprint(Some(fps[fp as usize]))
                     .lease(Duration::from_millis(lease_ms))
                     .ttl(Duration::from_secs(7 * 24 * 3600))
                     .take_over_expired(take_over);
+                claim.nonce = nonce;
                 let got = env.claim_raw(&claim).await;
+                // A repeat by the owner's nonce: the same acquisition again.
+                let repeat = model
+                    .get(&key)
+                    .filter(|r| r.fp == fp && r.settled.is_none())
+                    .filter(|r| nonce.is_some() && r.nonce == nonce)
+                    .map(|r| (r.token, r.takeover, r.attempts));
                 let expect_acquire = match model.get(&key) {
+                    _ if repeat.is_some() => None,
                     None => Some((None, 1)),
                     Some(r) if r.fp != fp => {
                         if !matches!(got, ClaimOutcome::Mismatch(_)) {
@@ -179,6 +205,37 @@ async fn run_sequence(env: &Env, run: usize, steps: usize) {
                         None
                     }
                 };
+                if let Some((want_token, want_takeover, want_attempt)) = repeat {
+                    match got {
+                        ClaimOutcome::Acquired {
+                            token,
+                            lease_until,
+                            takeover,
+                            attempt,
+                        } if (token, takeover, attempt)
+                            == (want_token, want_takeover, want_attempt) =>
+                        {
+                            if manual && lease_until != now + lease_ms {
+                                env.fail(
+                                    id,
+                                    ctx(format!(
+                                        "repeated claim: lease_until {lease_until}, expected now + lease = {}",
+                                        now + lease_ms
+                                    )),
+                                );
+                            }
+                            if let Some(r) = model.get_mut(&key) {
+                                r.lease_until = Some(lease_until);
+                            }
+                        }
+                        other => env.fail(
+                            id,
+                            ctx(format!(
+                                "a claim with the owner's nonce: expected Acquired again with token {want_token}, takeover {want_takeover:?}, attempt {want_attempt}, got {other:?}"
+                            )),
+                        ),
+                    }
+                }
                 if let Some((want_takeover, want_attempt)) = expect_acquire {
                     let ClaimOutcome::Acquired {
                         token,
@@ -223,6 +280,8 @@ async fn run_sequence(env: &Env, run: usize, steps: usize) {
                             attempts: attempt,
                             lease_until: Some(lease_until),
                             settled: None,
+                            nonce,
+                            takeover,
                         },
                     );
                 }
