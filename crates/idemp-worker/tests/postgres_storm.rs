@@ -8,7 +8,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use idemp::store::postgres::{PostgresOptions, PostgresStore};
-use idemp::store::{Claim, ClaimOutcome, Codec, Outcome, RecordKey, State, Store, StoreError};
+use idemp::store::{
+    Claim, ClaimOutcome, Codec, Outcome, RecordKey, State, Store, StoreAdmin, StoreError,
+};
 
 mod support;
 use support::{StormReport, WORKER, effect_lines, run_and_kill, until_ambiguous};

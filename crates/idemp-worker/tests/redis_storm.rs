@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use idemp::clock::{Clock, SystemClock};
 use idemp::store::redis::RedisStore;
-use idemp::store::{Claim, ClaimOutcome, Codec, Outcome, RecordKey, State, Store, StoreError};
+use idemp::store::{
+    Claim, ClaimOutcome, Codec, Outcome, RecordKey, State, Store, StoreAdmin, StoreError,
+};
 
 mod support;
 use support::{StormReport, WORKER, effect_lines, run_and_kill, until_ambiguous};

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use idemp::clock::{Clock, SystemClock};
 use idemp::store::sqlite::SqliteStore;
-use idemp::store::{Claim, ClaimOutcome, Codec, Outcome, RecordKey, State, Store, StoreError};
+use idemp::store::{
+    Claim, ClaimOutcome, Codec, Outcome, RecordKey, State, Store, StoreAdmin, StoreError,
+};
 
 mod support;
 use support::{StormReport, WORKER, effect_lines, run_and_kill, until_ambiguous};

@@ -58,7 +58,7 @@ use serde::{Deserialize, Serialize};
 use crate::cache::ToolCache;
 use crate::guard::{Guard, GuardError, OnDuplicate, ValueCodec};
 use crate::retry::{Retrier, RetryPolicy, when_retryable};
-use crate::store::{DynStore, Fingerprint, Store};
+use crate::store::{DynStore, Fingerprint, StoreAdmin};
 
 /// What a tool does to the world.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -347,7 +347,7 @@ impl ToolRunnerBuilder {
 
 impl ToolRunner {
     /// A builder over `store` (where guarded calls are recorded).
-    pub fn builder<S: Store>(store: S) -> ToolRunnerBuilder {
+    pub fn builder<S: StoreAdmin>(store: S) -> ToolRunnerBuilder {
         ToolRunnerBuilder {
             store: Arc::new(store),
             tools: Vec::new(),

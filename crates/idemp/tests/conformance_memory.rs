@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use idemp::clock::{ManualClock, Millis};
 use idemp::store::{
     Claim, ClaimOutcome, ListQuery, MemoryStore, Outcome, Page, Record, RecordKey, Stats, Store,
-    StoreError, StoreResult, Token,
+    StoreAdmin, StoreError, StoreResult, Token,
 };
 use idemp::testkit::{Fixture, KitConfig, StoreFactory};
 
@@ -133,6 +133,16 @@ impl Store for Broken {
     async fn get(&self, id: &RecordKey) -> StoreResult<Option<Record>> {
         self.inner.get(id).await
     }
+    async fn wait(&self, id: &RecordKey, timeout: Duration) -> StoreResult<Option<Record>> {
+        if self.how == Breakage::WaitDoesNotWait {
+            return self.inner.get(id).await;
+        }
+        self.inner.wait(id, timeout).await
+    }
+}
+
+#[async_trait]
+impl StoreAdmin for Broken {
     async fn list(&self, query: &ListQuery) -> StoreResult<Page> {
         if self.how == Breakage::ListIgnoresAfter {
             let mut q = query.clone();
@@ -149,12 +159,6 @@ impl Store for Broken {
     }
     async fn stats(&self) -> StoreResult<Stats> {
         self.inner.stats().await
-    }
-    async fn wait(&self, id: &RecordKey, timeout: Duration) -> StoreResult<Option<Record>> {
-        if self.how == Breakage::WaitDoesNotWait {
-            return self.inner.get(id).await;
-        }
-        self.inner.wait(id, timeout).await
     }
 }
 

@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use idemp::clock::{ManualClock, Millis};
 use idemp::store::sqlite::SqliteStore;
 use idemp::store::{
-    Claim, ClaimOutcome, ListQuery, Outcome, Page, Record, RecordKey, Stats, Store, StoreResult,
-    Token,
+    Claim, ClaimOutcome, ListQuery, Outcome, Page, Record, RecordKey, Stats, Store, StoreAdmin,
+    StoreResult, Token,
 };
 use idemp::testkit::{Fixture, StoreFactory};
 
@@ -102,6 +102,13 @@ impl Store for TwoWriters {
     async fn get(&self, id: &RecordKey) -> StoreResult<Option<Record>> {
         self.pick().get(id).await
     }
+    async fn wait(&self, id: &RecordKey, timeout: Duration) -> StoreResult<Option<Record>> {
+        self.pick().wait(id, timeout).await
+    }
+}
+
+#[async_trait]
+impl StoreAdmin for TwoWriters {
     async fn list(&self, query: &ListQuery) -> StoreResult<Page> {
         self.pick().list(query).await
     }
@@ -113,9 +120,6 @@ impl Store for TwoWriters {
     }
     async fn stats(&self) -> StoreResult<Stats> {
         self.pick().stats().await
-    }
-    async fn wait(&self, id: &RecordKey, timeout: Duration) -> StoreResult<Option<Record>> {
-        self.pick().wait(id, timeout).await
     }
 }
 

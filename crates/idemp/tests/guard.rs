@@ -1209,6 +1209,10 @@ impl idemp::store::Store for RenewFails {
     ) -> idemp::store::StoreResult<Option<idemp::store::Record>> {
         self.0.get(id).await
     }
+}
+
+#[async_trait::async_trait]
+impl idemp::store::StoreAdmin for RenewFails {
     async fn list(
         &self,
         q: &idemp::store::ListQuery,

@@ -19,7 +19,7 @@ use idemp::http::{
 };
 use idemp::store::{
     Claim, ClaimOutcome, DynStore, ListQuery, MemoryStore, Outcome, Page, Record, RecordKey, State,
-    Stats, Store, StoreError, StoreResult, Token,
+    Stats, Store, StoreAdmin, StoreError, StoreResult, Token,
 };
 use parking_lot::Mutex;
 use tokio::sync::Semaphore;
@@ -222,6 +222,10 @@ impl Store for DownStore {
     async fn get(&self, _: &RecordKey) -> StoreResult<Option<Record>> {
         Err(StoreError::Unavailable("connection refused".into()))
     }
+}
+
+#[async_trait]
+impl StoreAdmin for DownStore {
     async fn list(&self, _: &ListQuery) -> StoreResult<Page> {
         Err(StoreError::Unavailable("connection refused".into()))
     }

@@ -444,6 +444,17 @@ impl idemp::store::Store for SlowComplete {
     ) -> idemp::store::StoreResult<Option<idemp::store::Record>> {
         self.inner.get(id).await
     }
+    async fn wait(
+        &self,
+        id: &idemp::store::RecordKey,
+        timeout: Duration,
+    ) -> idemp::store::StoreResult<Option<idemp::store::Record>> {
+        self.inner.wait(id, timeout).await
+    }
+}
+
+#[async_trait::async_trait]
+impl idemp::store::StoreAdmin for SlowComplete {
     async fn list(&self, q: &ListQuery) -> idemp::store::StoreResult<idemp::store::Page> {
         self.inner.list(q).await
     }
@@ -455,13 +466,6 @@ impl idemp::store::Store for SlowComplete {
     }
     async fn stats(&self) -> idemp::store::StoreResult<idemp::store::Stats> {
         self.inner.stats().await
-    }
-    async fn wait(
-        &self,
-        id: &idemp::store::RecordKey,
-        timeout: Duration,
-    ) -> idemp::store::StoreResult<Option<idemp::store::Record>> {
-        self.inner.wait(id, timeout).await
     }
 }
 

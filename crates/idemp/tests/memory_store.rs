@@ -9,7 +9,7 @@ use std::time::Duration;
 use idemp::clock::{Clock, ManualClock, Millis};
 use idemp::store::{
     Claim, ClaimOutcome, Codec, Fingerprint, ListQuery, MemoryStore, Outcome, RecordKey, State,
-    Store, StoreError, Token,
+    Store, StoreAdmin, StoreError, Token,
 };
 use proptest::prelude::*;
 

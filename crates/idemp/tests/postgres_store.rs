@@ -12,7 +12,7 @@ use idemp::clock::{Clock, ManualClock};
 use idemp::store::postgres::PostgresStore;
 use idemp::store::{
     Claim, ClaimOutcome, Codec, Fingerprint, ListQuery, Outcome, RecordKey, State, Store,
-    StoreError,
+    StoreAdmin, StoreError,
 };
 use postgres_support::*;
 

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use idemp::clock::ManualClock;
 use idemp::store::postgres::PostgresStore;
-use idemp::store::{Claim, ClaimOutcome, Codec, Outcome, RecordKey, State, Store, StoreError};
+use idemp::store::{
+    Claim, ClaimOutcome, Codec, Outcome, RecordKey, State, Store, StoreAdmin, StoreError,
+};
 use postgres_support::*;
 
 const TTL: Duration = Duration::from_secs(3600);

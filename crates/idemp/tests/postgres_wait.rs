@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use idemp::store::postgres::PostgresStore;
-use idemp::store::{Claim, ClaimOutcome, Codec, Outcome, RecordKey, State, Store};
+use idemp::store::{Claim, ClaimOutcome, Codec, Outcome, RecordKey, State, Store, StoreAdmin};
 use postgres_support::*;
 
 /// Waiters never re-check on their own within a test's lifetime: returning before the

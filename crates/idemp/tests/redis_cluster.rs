@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use idemp::store::redis::{RedisOptions, RedisStore};
 use idemp::store::{
-    Claim, ClaimOutcome, Codec, ListQuery, Outcome, RecordKey, State, Store, StoreError, StoreUrl,
+    Claim, ClaimOutcome, Codec, ListQuery, Outcome, RecordKey, State, Store, StoreAdmin,
+    StoreError, StoreUrl,
 };
 use redis_support::*;
 

@@ -11,7 +11,7 @@ use idemp::clock::ManualClock;
 use idemp::store::redis::RedisStore;
 use idemp::store::{
     Claim, ClaimOutcome, Codec, Compression, Fingerprint, ListQuery, Outcome, RecordKey, State,
-    Store, StoreError, Token,
+    Store, StoreAdmin, StoreError, Token,
 };
 use redis_support::*;
 

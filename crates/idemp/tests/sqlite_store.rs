@@ -7,7 +7,7 @@ use idemp::clock::{ManualClock, SharedClock};
 use idemp::store::sqlite::{SqliteStore, Synchronous};
 use idemp::store::{
     Claim, ClaimOutcome, Codec, Fingerprint, ListQuery, Outcome, RecordKey, State, Store,
-    StoreError,
+    StoreAdmin, StoreError,
 };
 
 const START: u64 = 1_700_000_000_000;

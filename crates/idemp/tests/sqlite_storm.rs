@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use idemp::store::sqlite::SqliteStore;
-use idemp::store::{Claim, ClaimOutcome, Codec, Outcome, RecordKey, State, Store};
+use idemp::store::{Claim, ClaimOutcome, Codec, Outcome, RecordKey, State, Store, StoreAdmin};
 use rand::seq::SliceRandom;
 
 const KEYS: usize = 1000;

@@ -13,7 +13,7 @@ use idemp::clock::ManualClock;
 use idemp::store::sqlite::{SqliteStore, Synchronous};
 use idemp::store::{
     Claim, ClaimOutcome, Codec, Fingerprint, ListQuery, MemoryStore, Outcome, Record, RecordKey,
-    Store, StoreError, StoreResult,
+    Store, StoreAdmin, StoreError, StoreResult,
 };
 use proptest::prelude::*;
 

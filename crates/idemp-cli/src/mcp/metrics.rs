@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use idemp::clock::Millis;
 use idemp::store::{
     Claim, ClaimOutcome, DynStore, ListQuery, Outcome, Page, Record, RecordKey, Stats, Store,
-    StoreResult, Token,
+    StoreAdmin, StoreResult, Token,
 };
 use metrics::{Counter, Histogram, Key, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -228,6 +228,13 @@ impl Store for Timed {
     async fn get(&self, id: &RecordKey) -> StoreResult<Option<Record>> {
         self.time("get", self.inner.get(id)).await
     }
+    async fn wait(&self, id: &RecordKey, timeout: Duration) -> StoreResult<Option<Record>> {
+        self.time("wait", self.inner.wait(id, timeout)).await
+    }
+}
+
+#[async_trait]
+impl StoreAdmin for Timed {
     async fn list(&self, query: &ListQuery) -> StoreResult<Page> {
         self.time("other", self.inner.list(query)).await
     }
@@ -239,8 +246,5 @@ impl Store for Timed {
     }
     async fn stats(&self) -> StoreResult<Stats> {
         self.time("other", self.inner.stats()).await
-    }
-    async fn wait(&self, id: &RecordKey, timeout: Duration) -> StoreResult<Option<Record>> {
-        self.time("wait", self.inner.wait(id, timeout)).await
     }
 }

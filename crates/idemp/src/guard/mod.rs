@@ -83,7 +83,7 @@ use serde::de::DeserializeOwned;
 
 use crate::store::{
     Claim, ClaimOutcome, Codec, DynStore, Fingerprint, Outcome, Record, RecordKey, State, Store,
-    StoreError, Token,
+    StoreAdmin, StoreError, Token,
 };
 
 pub use blocking::BlockingGuard;
@@ -258,7 +258,7 @@ impl Guard {
     /// `guard.store().clone()`): it is used as is. An `Arc<MyStore>` also works, but
     /// every call then goes through one more forwarding layer; coerce it first
     /// (`let shared: DynStore = arc;`).
-    pub fn builder<S: Store>(store: S) -> GuardBuilder {
+    pub fn builder<S: StoreAdmin>(store: S) -> GuardBuilder {
         GuardBuilder::new(options::into_dyn_store(store))
     }
 

@@ -9,7 +9,7 @@ use futures_util::future::BoxFuture;
 use serde::Serialize;
 
 use crate::clock::{self, SharedClock};
-use crate::store::{DynStore, Outcome, RecordKey, Store};
+use crate::store::{DynStore, Outcome, RecordKey, StoreAdmin};
 
 use super::codec::{CodecError, EncodeSettings, ValueCodec};
 use super::{Guard, Inner};
@@ -276,7 +276,7 @@ impl GuardBuilder {
 
 /// Turns any store (or an already shared `Arc<dyn Store>`) into a [`DynStore`]
 /// without wrapping a shared one twice.
-pub(crate) fn into_dyn_store<S: Store>(store: S) -> DynStore {
+pub(crate) fn into_dyn_store<S: StoreAdmin>(store: S) -> DynStore {
     let boxed: Box<dyn std::any::Any> = Box::new(store);
     match boxed.downcast::<DynStore>() {
         Ok(shared) => *shared,

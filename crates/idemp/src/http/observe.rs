@@ -271,6 +271,18 @@ impl crate::store::Store for ObservedStore {
     ) -> crate::store::StoreResult<Option<crate::store::Record>> {
         self.inner.get(id).await
     }
+    async fn wait(
+        &self,
+        id: &crate::store::RecordKey,
+        timeout: Duration,
+    ) -> crate::store::StoreResult<Option<crate::store::Record>> {
+        self.timed(StoreOp::Wait, self.inner.wait(id, timeout))
+            .await
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::store::StoreAdmin for ObservedStore {
     async fn list(
         &self,
         query: &crate::store::ListQuery,
@@ -285,13 +297,5 @@ impl crate::store::Store for ObservedStore {
     }
     async fn stats(&self) -> crate::store::StoreResult<crate::store::Stats> {
         self.inner.stats().await
-    }
-    async fn wait(
-        &self,
-        id: &crate::store::RecordKey,
-        timeout: Duration,
-    ) -> crate::store::StoreResult<Option<crate::store::Record>> {
-        self.timed(StoreOp::Wait, self.inner.wait(id, timeout))
-            .await
     }
 }

@@ -12,7 +12,7 @@
 //!   unique per key, not across keys.)
 //! * **Expiry** reads the injected [`Clock`](crate::clock::Clock): a settled record is
 //!   invisible once `expires_at` has passed, removed lazily when touched and eagerly by
-//!   [`sweep`](Store::sweep). An in-progress record whose lease passed more than its
+//!   [`sweep`](StoreAdmin::sweep). An in-progress record whose lease passed more than its
 //!   `ttl` ago is treated as abandoned and expires the same way.
 //! * **Waiting** ([`Store::wait`]) is notified, not polled: the first waiter on a key
 //!   attaches a [`tokio::sync::Notify`] to the record, and settling, releasing, purging
@@ -94,7 +94,7 @@ use tokio::sync::Notify;
 use super::record::{ClaimStep, Held, decide_claim, fenced};
 use super::{
     Claim, ClaimOutcome, Fingerprint, LIMITS, ListQuery, Outcome, Page, Record, RecordKey, State,
-    Stats, Store, StoreError, StoreResult, Token,
+    Stats, Store, StoreAdmin, StoreError, StoreResult, Token,
 };
 use crate::clock::{self, Millis, SharedClock};
 
@@ -336,7 +336,7 @@ impl MemoryStore {
     }
 
     /// How many records the store holds, including expired ones that neither a read
-    /// nor [`sweep`](Store::sweep) has removed yet. Never more than
+    /// nor [`sweep`](StoreAdmin::sweep) has removed yet. Never more than
     /// [`max_entries`](Self::max_entries). Locks each shard briefly: for metrics, not
     /// for a hot path.
     pub fn entry_count(&self) -> usize {
@@ -854,22 +854,6 @@ impl Store for MemoryStore {
         Ok(self.get_sync(id))
     }
 
-    async fn list(&self, query: &ListQuery) -> StoreResult<Page> {
-        Ok(self.list_sync(query))
-    }
-
-    async fn purge(&self, id: &RecordKey) -> StoreResult<bool> {
-        Ok(self.purge_sync(id))
-    }
-
-    async fn sweep(&self) -> StoreResult<u64> {
-        Ok(self.sweep_sync())
-    }
-
-    async fn stats(&self) -> StoreResult<Stats> {
-        Ok(self.stats_sync())
-    }
-
     async fn wait(&self, id: &RecordKey, timeout: Duration) -> StoreResult<Option<Record>> {
         let now = tokio::time::Instant::now();
         // A timeout too large to represent waits "forever" (a century).
@@ -903,6 +887,22 @@ impl Store for MemoryStore {
             };
             notify = next;
         }
+    }
+}
+
+#[async_trait]
+impl StoreAdmin for MemoryStore {
+    async fn list(&self, query: &ListQuery) -> StoreResult<Page> {
+        Ok(self.list_sync(query))
+    }
+    async fn purge(&self, id: &RecordKey) -> StoreResult<bool> {
+        Ok(self.purge_sync(id))
+    }
+    async fn sweep(&self) -> StoreResult<u64> {
+        Ok(self.sweep_sync())
+    }
+    async fn stats(&self) -> StoreResult<Stats> {
+        Ok(self.stats_sync())
     }
 }
 

@@ -363,7 +363,7 @@ pub enum ClaimOutcome {
     Mismatch(Record),
 }
 
-/// A page request for [`Store::list`].
+/// A page request for [`StoreAdmin::list`].
 #[derive(Clone, Debug, Default)]
 pub struct ListQuery {
     /// Only records of this scope.
@@ -728,6 +728,29 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// The live record, if any (expired settled records are not returned).
     async fn get(&self, id: &RecordKey) -> StoreResult<Option<Record>>;
 
+    /// Waits until the record is settled or gone, or `timeout` passes; returns the
+    /// record as last seen (`None` when gone).
+    ///
+    /// The default polls [`get`](Store::get) with backoff from 2 ms to 100 ms; stores
+    /// with notifications (memory, Redis pub/sub, Postgres LISTEN) override it.
+    async fn wait(&self, id: &RecordKey, timeout: Duration) -> StoreResult<Option<Record>> {
+        poll_until_settled(self, id, timeout).await
+    }
+}
+
+/// Administration of a store: listing, purging, sweeping and counting records.
+///
+/// Kept apart from the hot contract [`Store`] (what the guard and the HTTP layer
+/// call on every request) because none of it is on a request's path: `idemp records`,
+/// the [`Sweeper`] and operators use it. Every idemp store implements both, and
+/// [`DynStore`] (what guards, the HTTP layer and the tool runner hold, so that
+/// `guard.store()` can be listed and swept) is a store with its administration; a
+/// wrapper store forwards the four methods to the store it wraps.
+///
+/// Call them with the trait in scope (`use idemp::store::StoreAdmin;`); on a
+/// [`DynStore`] they need no import.
+#[async_trait]
+pub trait StoreAdmin: Store {
     /// A page of live records ordered by (scope, key).
     async fn list(&self, query: &ListQuery) -> StoreResult<Page>;
 
@@ -742,15 +765,6 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Counts records by state.
     async fn stats(&self) -> StoreResult<Stats>;
-
-    /// Waits until the record is settled or gone, or `timeout` passes; returns the
-    /// record as last seen (`None` when gone).
-    ///
-    /// The default polls [`get`](Store::get) with backoff from 2 ms to 100 ms; stores
-    /// with notifications (memory, Redis pub/sub, Postgres LISTEN) override it.
-    async fn wait(&self, id: &RecordKey, timeout: Duration) -> StoreResult<Option<Record>> {
-        poll_until_settled(self, id, timeout).await
-    }
 }
 
 /// The instant `timeout` from now; a timeout too large to represent (such as
@@ -822,6 +836,13 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     async fn get(&self, id: &RecordKey) -> StoreResult<Option<Record>> {
         (**self).get(id).await
     }
+    async fn wait(&self, id: &RecordKey, timeout: Duration) -> StoreResult<Option<Record>> {
+        (**self).wait(id, timeout).await
+    }
+}
+
+#[async_trait]
+impl<S: StoreAdmin + ?Sized> StoreAdmin for Arc<S> {
     async fn list(&self, query: &ListQuery) -> StoreResult<Page> {
         (**self).list(query).await
     }
@@ -834,13 +855,10 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     async fn stats(&self) -> StoreResult<Stats> {
         (**self).stats().await
     }
-    async fn wait(&self, id: &RecordKey, timeout: Duration) -> StoreResult<Option<Record>> {
-        (**self).wait(id, timeout).await
-    }
 }
 
-/// A store chosen at run time (from a URL).
-pub type DynStore = Arc<dyn Store>;
+/// A store chosen at run time (from a URL), with its administration.
+pub type DynStore = Arc<dyn StoreAdmin>;
 
 /// Errors of [`open`].
 #[derive(Debug, thiserror::Error)]

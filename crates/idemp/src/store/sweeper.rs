@@ -2,7 +2,7 @@
 //!
 //! Expired records are invisible to `get`, `claim` and `list` as soon as they expire,
 //! but a store without native expiry (memory, SQLite, Postgres) keeps their bytes
-//! until [`Store::sweep`](super::Store::sweep) removes them. A long-running process
+//! until [`StoreAdmin::sweep`](super::StoreAdmin::sweep) removes them. A long-running process
 //! (a server, a worker, `idemp serve`) starts one [`Sweeper`] per store, and its memory
 //! or disk returns to the steady state of the records still alive. On stores with
 //! native expiry (Redis), `sweep` is cheap and returns 0.

@@ -13,7 +13,7 @@ use crate::clock::Millis;
 use crate::guard::{Guard, GuardError, OnDuplicate, OnFailure};
 use crate::store::{
     Claim, ClaimOutcome, Codec, DynStore, ListQuery, Outcome, Page, Record, RecordKey, State,
-    Stats, Store, StoreError, StoreResult, Token,
+    Stats, Store, StoreAdmin, StoreError, StoreResult, Token,
 };
 
 fn raw(bytes: &[u8]) -> Outcome {
@@ -497,6 +497,13 @@ impl Store for LostReplies {
     async fn get(&self, id: &RecordKey) -> StoreResult<Option<Record>> {
         self.inner.get(id).await
     }
+    async fn wait(&self, id: &RecordKey, timeout: Duration) -> StoreResult<Option<Record>> {
+        self.inner.wait(id, timeout).await
+    }
+}
+
+#[async_trait]
+impl StoreAdmin for LostReplies {
     async fn list(&self, query: &ListQuery) -> StoreResult<Page> {
         self.inner.list(query).await
     }
@@ -508,9 +515,6 @@ impl Store for LostReplies {
     }
     async fn stats(&self) -> StoreResult<Stats> {
         self.inner.stats().await
-    }
-    async fn wait(&self, id: &RecordKey, timeout: Duration) -> StoreResult<Option<Record>> {
-        self.inner.wait(id, timeout).await
     }
 }
 

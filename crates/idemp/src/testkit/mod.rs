@@ -92,7 +92,8 @@ use futures_util::FutureExt;
 
 use crate::clock::{Clock, ManualClock, Millis, SystemClock};
 use crate::store::{
-    Claim, ClaimOutcome, DynStore, Record, RecordKey, Store, StoreError, StoreResult, Token,
+    Claim, ClaimOutcome, DynStore, Record, RecordKey, Store, StoreAdmin, StoreError, StoreResult,
+    Token,
 };
 
 mod cases;
@@ -154,7 +155,7 @@ pub trait OwnerTransaction: Send {
 
 impl Fixture {
     /// A fixture from any store.
-    pub fn new(store: impl Store, time: TimeControl) -> Self {
+    pub fn new(store: impl StoreAdmin, time: TimeControl) -> Self {
         Self {
             store: Arc::new(store),
             time,
@@ -167,11 +168,11 @@ impl Fixture {
         self
     }
     /// A store that reads `clock` (the suite advances it).
-    pub fn manual(store: impl Store, clock: ManualClock) -> Self {
+    pub fn manual(store: impl StoreAdmin, clock: ManualClock) -> Self {
         Self::new(store, TimeControl::Manual(clock))
     }
     /// A store that reads real time (the suite sleeps).
-    pub fn real(store: impl Store) -> Self {
+    pub fn real(store: impl StoreAdmin) -> Self {
         Self::new(store, TimeControl::Real)
     }
 }

@@ -92,7 +92,7 @@ use tokio_postgres::{NoTls, Row};
 use super::record::{LIMITS, RawRecord, corrupt, decode_attempts, decode_ms, decode_token, fenced};
 use super::{
     Claim, ClaimOutcome, ListQuery, Outcome, Page, Record, RecordKey, State, Stats, Store,
-    StoreError, StoreResult, StoreUrl, Token,
+    StoreAdmin, StoreError, StoreResult, StoreUrl, Token,
 };
 use crate::clock::{Millis, SharedClock};
 use decode::*;
@@ -613,84 +613,6 @@ impl Store for PostgresStore {
         rows.first().map(decode).transpose()
     }
 
-    async fn list(&self, query: &ListQuery) -> StoreResult<Page> {
-        let limit = query.effective_limit();
-        let now = self.core.now_param();
-        let after_scope = query.after.as_ref().map(|a| a.scope.as_str());
-        let after_key = query.after.as_ref().map(|a| a.key.as_str());
-        let fetch = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
-        let rows = self
-            .core
-            .query(
-                "list",
-                &self.core.sql.list,
-                &[
-                    &now,
-                    &query.scope,
-                    &query.key_prefix,
-                    &after_scope,
-                    &after_key,
-                    &fetch,
-                ],
-                true,
-            )
-            .await?;
-        let mut records = rows.iter().map(decode).collect::<StoreResult<Vec<_>>>()?;
-        let next = if records.len() > limit {
-            records.truncate(limit);
-            records.last().map(|r| r.id.clone())
-        } else {
-            None
-        };
-        Ok(Page { records, next })
-    }
-
-    async fn purge(&self, id: &RecordKey) -> StoreResult<bool> {
-        check_id(id)?;
-        let now = self.core.now_param();
-        let retention = ms(self.core.opts.tombstone_retention);
-        let rows = self
-            .core
-            .query(
-                "purge",
-                &self.core.sql.purge,
-                &[&now, &id.scope, &id.key, &retention],
-                false,
-            )
-            .await?;
-        let row = rows
-            .first()
-            .ok_or_else(|| StoreError::Incompatible("no result row".into()))?;
-        row.try_get::<_, bool>(2).map_err(|e| corrupt(id, e))
-    }
-
-    async fn sweep(&self) -> StoreResult<u64> {
-        self.core.sweep().await
-    }
-
-    async fn stats(&self) -> StoreResult<Stats> {
-        let now = self.core.now_param();
-        let rows = self
-            .core
-            .query("stats", &self.core.sql.stats, &[&now], true)
-            .await?;
-        let row = rows
-            .first()
-            .ok_or_else(|| StoreError::Incompatible("no result row".into()))?;
-        let get = |i: usize| -> StoreResult<u64> {
-            row.try_get::<_, i64>(i)
-                .map(unsigned)
-                .map_err(|e| StoreError::Incompatible(format!("stats: {e}")))
-        };
-        Ok(Stats {
-            in_progress: get(0)?,
-            ambiguous: get(1)?,
-            completed: get(2)?,
-            failed: get(3)?,
-            outcome_bytes: Some(get(4)?),
-        })
-    }
-
     async fn wait(&self, id: &RecordKey, timeout: Duration) -> StoreResult<Option<Record>> {
         check_id(id)?;
         self.ensure_listener();
@@ -771,6 +693,84 @@ impl Store for PostgresStore {
                 _ = tokio::time::sleep(slice.min(left)) => {}
             }
         }
+    }
+}
+
+#[async_trait]
+impl StoreAdmin for PostgresStore {
+    async fn list(&self, query: &ListQuery) -> StoreResult<Page> {
+        let limit = query.effective_limit();
+        let now = self.core.now_param();
+        let after_scope = query.after.as_ref().map(|a| a.scope.as_str());
+        let after_key = query.after.as_ref().map(|a| a.key.as_str());
+        let fetch = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+        let rows = self
+            .core
+            .query(
+                "list",
+                &self.core.sql.list,
+                &[
+                    &now,
+                    &query.scope,
+                    &query.key_prefix,
+                    &after_scope,
+                    &after_key,
+                    &fetch,
+                ],
+                true,
+            )
+            .await?;
+        let mut records = rows.iter().map(decode).collect::<StoreResult<Vec<_>>>()?;
+        let next = if records.len() > limit {
+            records.truncate(limit);
+            records.last().map(|r| r.id.clone())
+        } else {
+            None
+        };
+        Ok(Page { records, next })
+    }
+    async fn purge(&self, id: &RecordKey) -> StoreResult<bool> {
+        check_id(id)?;
+        let now = self.core.now_param();
+        let retention = ms(self.core.opts.tombstone_retention);
+        let rows = self
+            .core
+            .query(
+                "purge",
+                &self.core.sql.purge,
+                &[&now, &id.scope, &id.key, &retention],
+                false,
+            )
+            .await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| StoreError::Incompatible("no result row".into()))?;
+        row.try_get::<_, bool>(2).map_err(|e| corrupt(id, e))
+    }
+    async fn sweep(&self) -> StoreResult<u64> {
+        self.core.sweep().await
+    }
+    async fn stats(&self) -> StoreResult<Stats> {
+        let now = self.core.now_param();
+        let rows = self
+            .core
+            .query("stats", &self.core.sql.stats, &[&now], true)
+            .await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| StoreError::Incompatible("no result row".into()))?;
+        let get = |i: usize| -> StoreResult<u64> {
+            row.try_get::<_, i64>(i)
+                .map(unsigned)
+                .map_err(|e| StoreError::Incompatible(format!("stats: {e}")))
+        };
+        Ok(Stats {
+            in_progress: get(0)?,
+            ambiguous: get(1)?,
+            completed: get(2)?,
+            failed: get(3)?,
+            outcome_bytes: Some(get(4)?),
+        })
     }
 }
 

@@ -12,7 +12,7 @@ pub struct PostgresOptions {
     /// first `wait`, is one more.
     pub pool_size: usize,
     /// How often the background sweeper deletes expired rows; `None` disables it
-    /// (call [`Store::sweep`] yourself). Default 5 min (a sweep reads the whole table).
+    /// (call [`StoreAdmin::sweep`](crate::store::StoreAdmin::sweep) yourself). Default 5 min (a sweep reads the whole table).
     pub sweep_interval: Option<Duration>,
     /// Table pages (8 KiB) each sweep statement scans (default 1024, 8 MiB): a sweep
     /// walks the whole table in such slices.

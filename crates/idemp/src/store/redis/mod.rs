@@ -55,7 +55,7 @@
 //!   ttl is next to the lease (so a takeover, or `on_ambiguous`, can see that a
 //!   previous attempt may have run, and its owner may still settle it), and is then
 //!   reclaimed by Redis like a settled record nobody asks about. Scripts also compare `expires` with the clock, so a record is
-//!   invisible from the exact millisecond it expires. [`Store::sweep`] returns 0.
+//!   invisible from the exact millisecond it expires. [`StoreAdmin::sweep`] returns 0.
 //! * **Notifications**: [`Store::wait`] marks the in-progress record as waited for
 //!   (field `w`, in the same script that reads it); settle/release/purge of a marked
 //!   record publish its digest on `<prefix>:settled` (unmarked ones skip the
@@ -635,6 +635,44 @@ impl Store for RedisStore {
         self.get_by_key(key.as_bytes(), id, false).await
     }
 
+    async fn wait(&self, id: &RecordKey, timeout: Duration) -> StoreResult<Option<Record>> {
+        let deadline = crate::store::deadline_after(timeout);
+        let (key, digest) = self.layout.locate(id);
+        let registration = self.notifier.register(&digest);
+        self.notifier
+            .ensure_started(self.pubsub_clients.clone(), self.layout.channel());
+        let mut fast = Duration::from_millis(2);
+        loop {
+            // Enabled before the read: a notification between the read and the sleep
+            // is not lost.
+            let notified = registration.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let rec = self.get_by_key(key.as_bytes(), id, true).await?;
+            if !matches!(&rec, Some(r) if !r.state.is_settled()) {
+                return Ok(rec);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(rec);
+            }
+            let poll = if self.notifier.is_healthy() {
+                NOTIFIED_POLL
+            } else {
+                let d = fast;
+                fast = (fast * 2).min(Duration::from_millis(100));
+                d
+            };
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep(poll.min(deadline - now)) => {}
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl StoreAdmin for RedisStore {
     async fn list(&self, query: &ListQuery) -> StoreResult<Page> {
         let limit = query.effective_limit();
         let keys = self
@@ -670,7 +708,6 @@ impl Store for RedisStore {
             .collect();
         Ok(Page { records, next })
     }
-
     async fn purge(&self, id: &RecordKey) -> StoreResult<bool> {
         let (key, digest) = self.layout.locate(id);
         let v = self
@@ -686,12 +723,10 @@ impl Store for RedisStore {
             .await?;
         Ok(as_u64(&v) == Some(1))
     }
-
     /// Redis expires records natively: always 0.
     async fn sweep(&self) -> StoreResult<u64> {
         Ok(0)
     }
-
     async fn stats(&self) -> StoreResult<Stats> {
         let keys = self.scan(&self.layout.match_pattern(None)).await?;
         let now = self.now().await?;
@@ -740,41 +775,6 @@ impl Store for RedisStore {
         }
         stats.outcome_bytes = Some(bytes);
         Ok(stats)
-    }
-
-    async fn wait(&self, id: &RecordKey, timeout: Duration) -> StoreResult<Option<Record>> {
-        let deadline = crate::store::deadline_after(timeout);
-        let (key, digest) = self.layout.locate(id);
-        let registration = self.notifier.register(&digest);
-        self.notifier
-            .ensure_started(self.pubsub_clients.clone(), self.layout.channel());
-        let mut fast = Duration::from_millis(2);
-        loop {
-            // Enabled before the read: a notification between the read and the sleep
-            // is not lost.
-            let notified = registration.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let rec = self.get_by_key(key.as_bytes(), id, true).await?;
-            if !matches!(&rec, Some(r) if !r.state.is_settled()) {
-                return Ok(rec);
-            }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return Ok(rec);
-            }
-            let poll = if self.notifier.is_healthy() {
-                NOTIFIED_POLL
-            } else {
-                let d = fast;
-                fast = (fast * 2).min(Duration::from_millis(100));
-                d
-            };
-            tokio::select! {
-                _ = &mut notified => {}
-                _ = tokio::time::sleep(poll.min(deadline - now)) => {}
-            }
-        }
     }
 }
 

@@ -60,7 +60,7 @@ use tokio::sync::oneshot;
 use crate::clock::{Millis, SharedClock};
 use crate::store::{
     Claim, ClaimOutcome, LIMITS, ListQuery, Outcome, Page, Record, RecordKey, Stats, Store,
-    StoreError, StoreResult, Token,
+    StoreAdmin, StoreError, StoreResult, Token,
 };
 
 mod ops;
@@ -227,8 +227,8 @@ impl SqliteStoreBuilder {
         self.opts.wait_poll_interval = d.max(Duration::from_millis(1));
         self
     }
-    /// Runs [`Store::sweep`] in a background thread at this interval (default: never;
-    /// expired records are invisible anyway and [`Store::sweep`] can be called).
+    /// Runs [`StoreAdmin::sweep`] in a background thread at this interval (default: never;
+    /// expired records are invisible anyway and [`StoreAdmin::sweep`] can be called).
     pub fn sweep_interval(mut self, every: Option<Duration>) -> Self {
         self.opts.sweep_interval = every;
         self
@@ -647,30 +647,6 @@ impl Store for SqliteStore {
         self.read(move |conn, now| ops::get(conn, &id, now)).await
     }
 
-    async fn list(&self, query: &ListQuery) -> StoreResult<Page> {
-        let query = query.clone();
-        self.read(move |conn, now| ops::list(conn, &query, now))
-            .await
-    }
-
-    async fn purge(&self, id: &RecordKey) -> StoreResult<bool> {
-        match self.submit(Op::Purge(id.clone())).await? {
-            Reply::Purged(existed) => Ok(existed),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    async fn sweep(&self) -> StoreResult<u64> {
-        match self.submit(Op::Sweep).await? {
-            Reply::Swept(n) => Ok(n),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    async fn stats(&self) -> StoreResult<Stats> {
-        self.read(ops::stats).await
-    }
-
     /// Waits for the record to settle or go. Settles made through this store (any
     /// clone, same process) wake the waiter at once; settles made by other processes
     /// or through [`SqliteStore::complete_in_tx`] are seen by polling every
@@ -701,5 +677,29 @@ impl Store for SqliteStore {
                 _ = tokio::time::sleep(nap) => {}
             }
         }
+    }
+}
+
+#[async_trait]
+impl StoreAdmin for SqliteStore {
+    async fn list(&self, query: &ListQuery) -> StoreResult<Page> {
+        let query = query.clone();
+        self.read(move |conn, now| ops::list(conn, &query, now))
+            .await
+    }
+    async fn purge(&self, id: &RecordKey) -> StoreResult<bool> {
+        match self.submit(Op::Purge(id.clone())).await? {
+            Reply::Purged(existed) => Ok(existed),
+            other => Err(unexpected(other)),
+        }
+    }
+    async fn sweep(&self) -> StoreResult<u64> {
+        match self.submit(Op::Sweep).await? {
+            Reply::Swept(n) => Ok(n),
+            other => Err(unexpected(other)),
+        }
+    }
+    async fn stats(&self) -> StoreResult<Stats> {
+        self.read(ops::stats).await
     }
 }
