@@ -27,7 +27,8 @@
 //!   compare-and-set on the fencing token needs no `WATCH` and no lock.
 //! * **One hash per record** (fields `state`, `token`, `id` (scope and key), `fp`,
 //!   `attempts`, `created`, `since` (lease start), `lease`, `ttl`, `settled`, `enc`
-//!   (codec and compression), `outcome`, `w` (waited for); see `lua/prelude.lua`) under `<prefix>:<scope digest>:{<record digest>}`. Scope
+//!   (codec and compression), `outcome`, `n` (the owner's claim nonce), `pv` (the
+//!   token taken over), `w` (waited for); see `lua/prelude.lua`) under `<prefix>:<scope digest>:{<record digest>}`. Scope
 //!   and key never appear in the key name, so no byte of theirs can break the Cluster
 //!   hash tag; the scripts compare the stored scope and key so a digest collision is
 //!   an error, never a shared record (see `layout`).
@@ -72,8 +73,10 @@
 //! and nothing is assumed about the operation. Running the operation anyway (fail
 //! open) is a caller policy: the guard and the HTTP layer decide it, knowingly giving
 //! up at-most-once while Redis is down. A write whose reply was lost may have been
-//! applied: a retried `claim` then finds the caller's own live claim (the key stays
-//! blocked until the lease passes: safe, never a double run), and a retried
+//! applied: a retried `claim` with the same [`Claim::nonce`] finds the caller's own
+//! live claim (field `n`) and gets the same acquisition back (same token, attempt and
+//! takeover, the lease renewed), so the key is not blocked until the lease passes
+//! (without a nonce it is: safe, never a double run), and a retried
 //! `complete`/`fail` gets [`StoreError::Fenced`] with `current` equal to the caller's
 //! own token (a settled record has no owner): only that token's owner can have settled
 //! it, so the caller knows its settle landed.
@@ -539,7 +542,8 @@ impl Store for RedisStore {
                             .saturating_add(ms(claim.ttl))
                             .max(self.guard()),
                     )
-                    .arg(self.guard()),
+                    .arg(self.guard())
+                    .arg(claim.nonce.map(|n| n.to_string()).unwrap_or_default()),
                 id,
             )
             .await?;

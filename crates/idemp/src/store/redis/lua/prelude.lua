@@ -15,6 +15,9 @@
 --   settled  when completed or failed, ms: expires = settled + ttl
 --   enc      '<codec>:<compression>' of the outcome
 --   outcome  the outcome bytes
+--   n        the nonce of the claim that acquired the in-progress record (absent:
+--            none): the same claim repeated gets the same acquisition back
+--   pv       after a takeover, the token that was taken over (absent: none)
 --   w        present while someone waits: only then do settle, release and purge
 --            publish a notification
 --
