@@ -482,7 +482,7 @@ impl RedisStore {
     ) -> StoreResult<()> {
         LIMITS.check_id(id)?;
         LIMITS.check_outcome(&outcome)?;
-        let (key, digest) = self.layout.locate(id);
+        let key = self.layout.record_key(id);
         let v = self
             .eval_replicated(
                 &SCRIPTS.settle,
@@ -498,9 +498,7 @@ impl RedisStore {
                     .arg(ms(ttl))
                     .arg(self.now_arg())
                     .arg(ms(ttl).max(self.guard()))
-                    .arg(self.guard())
-                    .arg(self.layout.channel())
-                    .arg(&digest),
+                    .arg(self.guard()),
                 id,
             )
             .await?;
@@ -522,7 +520,7 @@ impl Store for RedisStore {
     async fn claim(&self, claim: &Claim) -> StoreResult<ClaimOutcome> {
         let id = &claim.id;
         LIMITS.check_id(id)?;
-        let (key, _) = self.layout.locate(id);
+        let key = self.layout.record_key(id);
         let fp: &[u8] = match &claim.fingerprint {
             Some(f) => &f.0,
             None => &[],
@@ -597,16 +595,14 @@ impl Store for RedisStore {
 
     async fn release(&self, id: &RecordKey, token: Token) -> StoreResult<()> {
         LIMITS.check_id(id)?;
-        let (key, digest) = self.layout.locate(id);
+        let key = self.layout.record_key(id);
         let v = self
             .eval_replicated(
                 &SCRIPTS.release,
                 evalsha(&SCRIPTS.release, key.as_bytes())
                     .arg(token)
                     .arg(self.now_arg())
-                    .arg(self.guard())
-                    .arg(self.layout.channel())
-                    .arg(digest),
+                    .arg(self.guard()),
                 id,
             )
             .await?;
@@ -615,7 +611,7 @@ impl Store for RedisStore {
 
     async fn renew(&self, id: &RecordKey, token: Token, lease: Duration) -> StoreResult<Millis> {
         LIMITS.check_id(id)?;
-        let (key, _) = self.layout.locate(id);
+        let key = self.layout.record_key(id);
         let v = self
             .eval_replicated(
                 &SCRIPTS.renew,
@@ -676,15 +672,13 @@ impl Store for RedisStore {
     }
 
     async fn purge(&self, id: &RecordKey) -> StoreResult<bool> {
-        let (key, digest) = self.layout.locate(id);
+        let key = self.layout.record_key(id);
         let v = self
             .eval(
                 &SCRIPTS.purge,
                 evalsha(&SCRIPTS.purge, key.as_bytes())
                     .arg(self.now_arg())
-                    .arg(self.guard())
-                    .arg(self.layout.channel())
-                    .arg(digest),
+                    .arg(self.guard()),
                 id,
             )
             .await?;

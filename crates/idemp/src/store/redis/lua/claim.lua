@@ -7,12 +7,11 @@
 --      | {1, token, lease_until, previous token (0: none), attempt}
 --      | {2, now, fields...} existing | {3, now, fields...} fingerprint mismatch.
 local k = KEYS[1]
-local now, now_s, now_us = clock(ARGV[6])
+local now, now_s, now_us, token_s = clock(ARGV[6])
 local state = redis.call('HGET', k, 'state')
 
 if not state and now >= 1 then
   -- fast path: a fresh key; token = now_us, created = since = now
-  local token_s = fmt('%d', now_us)
   -- one HSET whatever is optional (fingerprint, nonce): each call costs
   if ARGV[2] == '' and ARGV[9] == '' then
     redis.call('HSET', k, 'state', 'p', 'token', token_s, 'created', now_s, 'id', ARGV[1],
