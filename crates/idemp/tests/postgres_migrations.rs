@@ -185,3 +185,53 @@ async fn version_1_is_upgraded_and_loses_the_expiry_index() {
         ClaimOutcome::Acquired { .. }
     ));
 }
+
+#[tokio::test]
+async fn version_2_rows_stay_readable_and_match_no_nonce() {
+    let schema = unique_schema();
+    let _g = SchemaGuard(schema.clone());
+    let id = RecordKey::new("m", "from-version-2");
+    let claim = Claim::new(id.clone()).nonce(7);
+    let token = {
+        let store = connect(options(&schema)).await;
+        match store.claim(&claim).await.unwrap() {
+            ClaimOutcome::Acquired { token, .. } => token,
+            other => panic!("{other:?}"),
+        }
+    };
+    let c = client().await;
+    // Put the schema back the way version 2 left it (its rows have no nonce).
+    c.batch_execute(&format!(
+        "ALTER TABLE \"{schema}\".records DROP COLUMN nonce;
+         UPDATE \"{schema}\".schema_version SET version = 2"
+    ))
+    .await
+    .unwrap();
+    let store = connect(options(&schema)).await;
+    let version: i32 = c
+        .query_one(
+            &format!("SELECT version FROM \"{schema}\".schema_version"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, SCHEMA_VERSION);
+    let rec = store.get(&id).await.unwrap().expect("the old row is read");
+    assert_eq!(rec.token, token);
+    // The old row was acquired by a claim whose nonce was not stored: no claim matches.
+    match store.claim(&claim).await.unwrap() {
+        ClaimOutcome::Existing(r) => assert_eq!(r.token, token),
+        other => panic!("an old row matched a nonce: {other:?}"),
+    }
+    // New rows do.
+    let fresh = Claim::new(RecordKey::new("m", "after-upgrade")).nonce(7);
+    let first = store.claim(&fresh).await.unwrap();
+    let again = store.claim(&fresh).await.unwrap();
+    match (first, again) {
+        (ClaimOutcome::Acquired { token: a, .. }, ClaimOutcome::Acquired { token: b, .. }) => {
+            assert_eq!(a, b)
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -47,8 +47,12 @@
 //!   record inside the caller's transaction, so the effect and its completion commit
 //!   (or roll back) together.
 //! * **Failures are closed**: connection errors are [`StoreError::Unavailable`] with
-//!   their cause; a write whose reply was lost is never retried blindly (a later claim
-//!   sees the record and its lease).
+//!   their cause; a write whose reply was lost is never retried blindly. A claim
+//!   repeated with the same [`Claim::nonce`] (column `nonce`, schema version 3) while
+//!   its claimant still owns the row gets the same acquisition back (same token,
+//!   attempts and `prev_token`, lease renewed), so a claim whose reply was lost does
+//!   not block its key until the lease passes; a claim without a nonce sees the
+//!   record and its lease.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), idemp::store::StoreError> {
@@ -91,8 +95,8 @@ use tokio_postgres::{NoTls, Row};
 
 use super::record::{LIMITS, RawRecord, corrupt, decode_attempts, decode_ms, decode_token, fenced};
 use super::{
-    Claim, ClaimOutcome, ListQuery, Outcome, Page, Record, RecordKey, State, Stats, Store,
-    StoreAdmin, StoreError, StoreResult, StoreUrl, Token,
+    Claim, ClaimOutcome, ListQuery, Outcome, Page, Record, RecordKey, Stats, Store, StoreAdmin,
+    StoreError, StoreResult, StoreUrl, Token,
 };
 use crate::clock::{Millis, SharedClock};
 use decode::*;
@@ -473,6 +477,8 @@ impl Store for PostgresStore {
         let lease = ms(claim.lease);
         let ttl = ms(claim.ttl);
         let take = claim.take_over_expired;
+        // Stored as the same 64 bits (only ever compared for equality).
+        let nonce: Option<i64> = claim.nonce.map(|n| i64::from_ne_bytes(n.to_ne_bytes()));
         for _ in 0..CLAIM_ROUNDS {
             let now = self.core.now_param();
             let rows = self
@@ -480,7 +486,7 @@ impl Store for PostgresStore {
                 .query(
                     "claim",
                     &self.core.sql.claim,
-                    &[&now, &id.scope, &id.key, &fp, &lease, &ttl, &take],
+                    &[&now, &id.scope, &id.key, &fp, &lease, &ttl, &take, &nonce],
                     false,
                 )
                 .await?;
@@ -506,12 +512,10 @@ impl Store for PostgresStore {
                         .map_err(|w| field("attempts", w))?,
                 });
             }
-            // The row as of our snapshot. If it looks dead or claimable, the upsert saw a
-            // newer version than the snapshot: run again with a fresh snapshot.
-            let now_ms: i64 = row.try_get(col::NOW_MS).map_err(bad)?;
-            let st: i16 = row.try_get(col::STATE).map_err(bad)?;
-            let expires_at: i64 = row.try_get(col::EXPIRES_AT).map_err(bad)?;
-            if st > state::FAILED || expires_at <= now_ms {
+            // The row as of our snapshot. If it looks dead, claimable or our own, the
+            // upsert saw a newer version than the snapshot: run again with a fresh one.
+            let retry: bool = row.try_get(col::RETRY).map_err(bad)?;
+            if retry {
                 continue;
             }
             let record = decode(row)?;
@@ -519,12 +523,6 @@ impl Store for PostgresStore {
                 (&record.fingerprint, &claim.fingerprint),
                 (Some(a), Some(b)) if a != b
             );
-            let claimable = take
-                && !mismatch
-                && matches!(record.state, State::InProgress { lease_until } if lease_until <= unsigned(now_ms));
-            if claimable {
-                continue;
-            }
             return Ok(if mismatch {
                 ClaimOutcome::Mismatch(record)
             } else {

@@ -27,8 +27,9 @@ pub(super) mod col {
     pub const OUTCOME: usize = 13;
     /// Claim only: whether this claim acquired the key.
     pub const ACQUIRED: usize = 14;
-    /// Claim only: the statement's `now`.
-    pub const NOW_MS: usize = 15;
+    /// Claim only, when not acquired: the row read was stale (it looked dead,
+    /// claimable or the claimant's own, yet the upsert did not take it).
+    pub const RETRY: usize = 15;
 }
 
 /// State numbers as stored.
@@ -70,63 +71,74 @@ fn cols(a: &str) -> String {
 }
 
 /// Claim: `$1` now, `$2` scope, `$3` key, `$4` fingerprint, `$5` lease ms, `$6` ttl ms,
-/// `$7` take over expired leases.
+/// `$7` take over expired leases, `$8` the claimant's nonce (or NULL).
 ///
 /// `cur` reads the row as of the statement's snapshot. When it shows a live record the
 /// claim cannot take (settled, live lease, fingerprint mismatch), the INSERT produces no
 /// row at all: a duplicate is a pure read (no row lock, no WAL flush). Otherwise the
 /// upsert runs; its `DO UPDATE … WHERE` re-checks the *latest* version of the row under
 /// its lock (a dead row is replaced, an expired lease taken over with a token drawn
-/// after the lock, so larger than the row's). When the upsert yields nothing, the
-/// snapshot row is returned instead; if that row is stale (it looked claimable, or
-/// there was none) the caller re-runs the statement with a fresh snapshot.
+/// after the lock, so larger than the row's, and the claimant's own in-progress row,
+/// same nonce, is acquired again: same token, attempts and `prev_token`, lease
+/// renewed). When the upsert yields nothing, the snapshot row is returned instead,
+/// with `retry` set if that row is stale (it looked claimable or the claimant's own, or
+/// there was none): the caller then re-runs the statement with a fresh snapshot.
 const CLAIM: &str = r#"
 WITH __NOW__,
 cur AS (
   SELECT r.*,
          (r.state = 3 OR r.expires_at <= now.ms) AS dead,
-         (r.state = 0 AND r.lease_until <= now.ms AND $7::boolean
-          AND (r.fingerprint IS NULL OR $4::bytea IS NULL OR r.fingerprint = $4::bytea)) AS claimable
+         (r.state = 0 AND r.expires_at > now.ms
+          AND (r.fingerprint IS NULL OR $4::bytea IS NULL OR r.fingerprint = $4::bytea)
+          AND ((r.lease_until <= now.ms AND $7::boolean) OR (r.nonce = $8::bigint) IS TRUE))
+           AS claimable
   FROM __SCHEMA__.records r, now
   WHERE r.scope = $2::text AND r.key = $3::text
 ),
 ins AS (
   INSERT INTO __SCHEMA__.records AS r
     (scope, key, fingerprint, state, token, prev_token, attempts, created_at, updated_at,
-     lease_until, ttl_ms, expires_at, watched)
+     lease_until, ttl_ms, expires_at, watched, nonce)
   SELECT $2::text, $3::text, $4::bytea, 0, nextval('__SCHEMA__.tokens'), NULL, 1, now.ms, now.ms,
-         now.ms + $5::bigint, $6::bigint, now.ms + $5::bigint + $6::bigint, false
+         now.ms + $5::bigint, $6::bigint, now.ms + $5::bigint + $6::bigint, false, $8::bigint
   FROM now
   WHERE NOT EXISTS (SELECT 1 FROM cur WHERE NOT cur.dead AND NOT cur.claimable)
   ON CONFLICT (scope, key) DO UPDATE SET
-    fingerprint = CASE WHEN r.state = 3 OR r.expires_at <= excluded.created_at
-                       THEN excluded.fingerprint
+    fingerprint = CASE WHEN __DEAD__ THEN excluded.fingerprint
                        ELSE COALESCE(excluded.fingerprint, r.fingerprint) END,
     state       = 0,
-    token       = nextval('__SCHEMA__.tokens'),
-    prev_token  = CASE WHEN r.state = 3 OR r.expires_at <= excluded.created_at
-                       THEN NULL ELSE r.token END,
-    attempts    = CASE WHEN r.state = 3 OR r.expires_at <= excluded.created_at
-                       THEN 1 ELSE r.attempts + 1 END,
-    created_at  = CASE WHEN r.state = 3 OR r.expires_at <= excluded.created_at
-                       THEN excluded.created_at ELSE r.created_at END,
+    token       = CASE WHEN __MINE__ THEN r.token ELSE nextval('__SCHEMA__.tokens') END,
+    prev_token  = CASE WHEN __MINE__ THEN r.prev_token WHEN __DEAD__ THEN NULL
+                       ELSE r.token END,
+    attempts    = CASE WHEN __MINE__ THEN r.attempts WHEN __DEAD__ THEN 1
+                       ELSE r.attempts + 1 END,
+    created_at  = CASE WHEN __DEAD__ THEN excluded.created_at ELSE r.created_at END,
     updated_at  = excluded.updated_at,
     lease_until = excluded.lease_until,
     ttl_ms      = excluded.ttl_ms,
     expires_at  = excluded.expires_at,
-    watched     = CASE WHEN r.state = 3 OR r.expires_at <= excluded.created_at
-                       THEN false ELSE r.watched END,
+    watched     = CASE WHEN __DEAD__ THEN false ELSE r.watched END,
+    nonce       = excluded.nonce,
     codec = NULL, compression = NULL, outcome = NULL
-  WHERE r.state = 3 OR r.expires_at <= excluded.created_at
-     OR (r.state = 0 AND r.lease_until <= excluded.created_at AND $7::boolean
-         AND (r.fingerprint IS NULL OR excluded.fingerprint IS NULL
-              OR r.fingerprint = excluded.fingerprint))
+  WHERE __DEAD__
+     OR ((r.lease_until <= excluded.created_at AND $7::boolean) OR __MINE__)
+        AND r.state = 0
+        AND (r.fingerprint IS NULL OR excluded.fingerprint IS NULL
+             OR r.fingerprint = excluded.fingerprint)
   RETURNING r.*
 )
-SELECT __INS_COLS__, true, (SELECT ms FROM now) FROM ins
+SELECT __INS_COLS__, true, false FROM ins
 UNION ALL
-SELECT __CUR_COLS__, false, (SELECT ms FROM now) FROM cur WHERE NOT EXISTS (SELECT 1 FROM ins)
+SELECT __CUR_COLS__, false, COALESCE(cur.dead OR cur.claimable, false)
+FROM cur WHERE NOT EXISTS (SELECT 1 FROM ins)
 "#;
+
+/// In the claim's `DO UPDATE`: the row is gone (a tombstone or expired).
+const DEAD: &str = "(r.state = 3 OR r.expires_at <= excluded.created_at)";
+/// In the claim's `DO UPDATE`: the row is the claimant's own live acquisition (same
+/// nonce; a NULL nonce matches nothing).
+const MINE: &str = "(r.state = 0 AND r.expires_at > excluded.created_at \
+     AND (r.nonce = excluded.nonce) IS TRUE)";
 
 /// Settle: `$1` now, `$2` scope, `$3` key, `$4` token, `$5` state (1 completed, 2
 /// failed), `$6` codec, `$7` compression, `$8` bytes, `$9` ttl ms.
@@ -309,6 +321,8 @@ impl Sql {
     pub fn new(schema: &str, channel: &str) -> Self {
         let fill = |t: &str| {
             t.replace("__NOTE__", NOTE)
+                .replace("__DEAD__", DEAD)
+                .replace("__MINE__", MINE)
                 .replace("__NOW__", NOW)
                 .replace("__INS_COLS__", &cols("ins"))
                 .replace("__CUR_COLS__", &cols("cur"))
@@ -336,6 +350,7 @@ impl Sql {
 pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("migrations/001_init.sql"),
     include_str!("migrations/002_sweep_without_index.sql"),
+    include_str!("migrations/003_claim_nonce.sql"),
 ];
 
 #[cfg(test)]

@@ -129,6 +129,20 @@ mod tests {
     }
 
     #[test]
+    fn scripts_find_channel_and_digest_in_the_key() {
+        // `announce` in lua/prelude.lua: prefix = all but the last 52 bytes, digest =
+        // the 32 bytes before the closing brace.
+        for prefix in ["idemp", "p", "a:b{c}", "\u{e9}t\u{e9}"] {
+            let l = Layout::new(prefix);
+            let id = RecordKey::new("s", "k");
+            let (key, digest) = l.locate(&id);
+            let n = key.len();
+            assert_eq!(format!("{}:settled", &key[..n - 52]), l.channel());
+            assert_eq!(&key[n - 33..n - 1], digest);
+        }
+    }
+
+    #[test]
     fn scope_and_key_boundary_is_unambiguous() {
         assert_ne!(
             record_digest(&RecordKey::new("ab", "c")),

@@ -27,7 +27,8 @@
 //!   compare-and-set on the fencing token needs no `WATCH` and no lock.
 //! * **One hash per record** (fields `state`, `token`, `id` (scope and key), `fp`,
 //!   `attempts`, `created`, `since` (lease start), `lease`, `ttl`, `settled`, `enc`
-//!   (codec and compression), `outcome`, `w` (waited for); see `lua/prelude.lua`) under `<prefix>:<scope digest>:{<record digest>}`. Scope
+//!   (codec and compression), `outcome`, `n` (the owner's claim nonce), `pv` (the
+//!   token taken over), `w` (waited for); see `lua/prelude.lua`) under `<prefix>:<scope digest>:{<record digest>}`. Scope
 //!   and key never appear in the key name, so no byte of theirs can break the Cluster
 //!   hash tag; the scripts compare the stored scope and key so a digest collision is
 //!   an error, never a shared record (see `layout`).
@@ -72,8 +73,10 @@
 //! and nothing is assumed about the operation. Running the operation anyway (fail
 //! open) is a caller policy: the guard and the HTTP layer decide it, knowingly giving
 //! up at-most-once while Redis is down. A write whose reply was lost may have been
-//! applied: a retried `claim` then finds the caller's own live claim (the key stays
-//! blocked until the lease passes: safe, never a double run), and a retried
+//! applied: a retried `claim` with the same [`Claim::nonce`] finds the caller's own
+//! live claim (field `n`) and gets the same acquisition back (same token, attempt and
+//! takeover, the lease renewed), so the key is not blocked until the lease passes
+//! (without a nonce it is: safe, never a double run), and a retried
 //! `complete`/`fail` gets [`StoreError::Fenced`] with `current` equal to the caller's
 //! own token (a settled record has no owner): only that token's owner can have settled
 //! it, so the caller knows its settle landed.
@@ -479,7 +482,7 @@ impl RedisStore {
     ) -> StoreResult<()> {
         LIMITS.check_id(id)?;
         LIMITS.check_outcome(&outcome)?;
-        let (key, digest) = self.layout.locate(id);
+        let key = self.layout.record_key(id);
         let v = self
             .eval_replicated(
                 &SCRIPTS.settle,
@@ -495,9 +498,7 @@ impl RedisStore {
                     .arg(ms(ttl))
                     .arg(self.now_arg())
                     .arg(ms(ttl).max(self.guard()))
-                    .arg(self.guard())
-                    .arg(self.layout.channel())
-                    .arg(&digest),
+                    .arg(self.guard()),
                 id,
             )
             .await?;
@@ -519,7 +520,7 @@ impl Store for RedisStore {
     async fn claim(&self, claim: &Claim) -> StoreResult<ClaimOutcome> {
         let id = &claim.id;
         LIMITS.check_id(id)?;
-        let (key, _) = self.layout.locate(id);
+        let key = self.layout.record_key(id);
         let fp: &[u8] = match &claim.fingerprint {
             Some(f) => &f.0,
             None => &[],
@@ -539,7 +540,8 @@ impl Store for RedisStore {
                             .saturating_add(ms(claim.ttl))
                             .max(self.guard()),
                     )
-                    .arg(self.guard()),
+                    .arg(self.guard())
+                    .arg(claim.nonce.map(|n| n.to_string()).unwrap_or_default()),
                 id,
             )
             .await?;
@@ -593,16 +595,14 @@ impl Store for RedisStore {
 
     async fn release(&self, id: &RecordKey, token: Token) -> StoreResult<()> {
         LIMITS.check_id(id)?;
-        let (key, digest) = self.layout.locate(id);
+        let key = self.layout.record_key(id);
         let v = self
             .eval_replicated(
                 &SCRIPTS.release,
                 evalsha(&SCRIPTS.release, key.as_bytes())
                     .arg(token)
                     .arg(self.now_arg())
-                    .arg(self.guard())
-                    .arg(self.layout.channel())
-                    .arg(digest),
+                    .arg(self.guard()),
                 id,
             )
             .await?;
@@ -611,7 +611,7 @@ impl Store for RedisStore {
 
     async fn renew(&self, id: &RecordKey, token: Token, lease: Duration) -> StoreResult<Millis> {
         LIMITS.check_id(id)?;
-        let (key, _) = self.layout.locate(id);
+        let key = self.layout.record_key(id);
         let v = self
             .eval_replicated(
                 &SCRIPTS.renew,
@@ -709,15 +709,13 @@ impl StoreAdmin for RedisStore {
         Ok(Page { records, next })
     }
     async fn purge(&self, id: &RecordKey) -> StoreResult<bool> {
-        let (key, digest) = self.layout.locate(id);
+        let key = self.layout.record_key(id);
         let v = self
             .eval(
                 &SCRIPTS.purge,
                 evalsha(&SCRIPTS.purge, key.as_bytes())
                     .arg(self.now_arg())
-                    .arg(self.guard())
-                    .arg(self.layout.channel())
-                    .arg(digest),
+                    .arg(self.guard()),
                 id,
             )
             .await?;

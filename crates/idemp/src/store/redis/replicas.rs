@@ -25,9 +25,11 @@
 //! * a failed `complete`/`fail` retried later gets [`StoreError::Fenced`] with
 //!   `current` equal to the caller's own token (the record is settled) once its
 //!   `WAIT` succeeds, which confirms the first write is now replicated;
-//! * a claim that failed this way leaves a live in-progress record nobody owns: the
-//!   key stays blocked until the lease passes, then is ambiguous (`on_ambiguous`
-//!   decides), never run twice by accident.
+//! * a claim that failed this way leaves a live in-progress record: repeated with the
+//!   same [`Claim::nonce`](crate::store::Claim::nonce) (the guard does so), it gets the
+//!   same acquisition back; otherwise nobody owns it, and the key stays blocked until
+//!   the lease passes, then is ambiguous (`on_ambiguous` decides), never run twice by
+//!   accident.
 //!
 //! `WAIT` does not make Redis strongly consistent: a promoted replica that had not
 //! acknowledged may still be chosen by a careless failover (Sentinel and Cluster

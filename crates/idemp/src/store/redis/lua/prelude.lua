@@ -15,6 +15,9 @@
 --   settled  when completed or failed, ms: expires = settled + ttl
 --   enc      '<codec>:<compression>' of the outcome
 --   outcome  the outcome bytes
+--   n        the nonce of the claim that acquired the in-progress record (absent:
+--            none): the same claim repeated gets the same acquisition back
+--   pv       after a takeover, the token that was taken over (absent: none)
 --   w        present while someone waits: only then do settle, release and purge
 --            publish a notification
 --
@@ -35,16 +38,18 @@ local fmt = string.format
 
 -- The clock: milliseconds since the epoch from the server's TIME (one clock for
 -- every worker), or the caller's override (tests). Returns the number and its
--- decimal string.
--- Also returns the same instant in microseconds (the tokens' unit).
+-- decimal string, and the same instant in microseconds (the tokens' unit) as a
+-- number and a decimal string (built from TIME's strings: no number formatting).
 local function clock(override)
   if override ~= '' then
     local ms = tonumber(override)
-    return ms, override, ms * 1000
+    return ms, override, ms * 1000, override .. '000'
   end
   local t = redis.call('TIME')
-  local s = t[1] .. string.sub('00000' .. t[2], -6, -4)
-  return tonumber(s), s, tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local us6 = string.sub('00000' .. t[2], -6)
+  local s = t[1] .. string.sub(us6, 1, 3)
+  local us = t[1] .. us6
+  return tonumber(s), s, tonumber(us), us
 end
 
 -- The instant of a token in ms: tokens are microseconds, those of earlier versions
@@ -99,6 +104,13 @@ local function tombstone(k, token, now, guard)
   redis.call('DEL', k)
   redis.call('HSET', k, 'state', 't', 'token', fmt('%d', token))
   keep(k, 0, token, now, guard)
+end
+
+-- Publishes the record's digest on the store's channel: the key is
+-- '<prefix>:<16 hex>:{<32 hex digest>}' and the channel '<prefix>:settled' (see
+-- layout.rs), so neither is passed by the caller.
+local function announce(k)
+  redis.call('PUBLISH', string.sub(k, 1, -53) .. ':settled', string.sub(k, -33, -2))
 end
 
 -- Fenced reply: {0, current token} when a live record holds another token, else {0}.

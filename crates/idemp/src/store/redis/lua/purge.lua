@@ -1,5 +1,5 @@
 -- purge: KEYS[1] record.
--- ARGV: 1 now override, 2 guard ms, 3 channel, 4 message.
+-- ARGV: 1 now override, 2 guard ms.
 -- Reply: 1 when a live record was removed, else 0.
 local k = KEYS[1]
 local now = clock(ARGV[1])
@@ -9,6 +9,6 @@ if not is_live(h[1], h[3], h[4], now) then
 end
 tombstone(k, tonumber(h[2]), now, tonumber(ARGV[2]))
 if h[5] then
-  redis.call('PUBLISH', ARGV[3], ARGV[4])
+  announce(k)
 end
 return 1

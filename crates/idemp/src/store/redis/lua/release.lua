@@ -1,5 +1,5 @@
 -- release: KEYS[1] record.
--- ARGV: 1 token, 2 now override, 3 guard ms, 4 channel, 5 message.
+-- ARGV: 1 token, 2 now override, 3 guard ms.
 -- Reply: 1 released | {0[, current]} fenced.
 local k = KEYS[1]
 local now = clock(ARGV[2])
@@ -9,6 +9,6 @@ if h[1] ~= 'p' or h[2] ~= ARGV[1] then
 end
 tombstone(k, tonumber(ARGV[1]), now, tonumber(ARGV[3]))
 if h[5] then
-  redis.call('PUBLISH', ARGV[4], ARGV[5])
+  announce(k)
 end
 return 1
