@@ -437,7 +437,7 @@ mod tests {
             0,
             "another key's stream does not wake this waiter"
         );
-        reg.insert(a, live(64));
+        reg.insert(a.clone(), live(64));
         assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
         assert!(waiting.as_mut().poll(&mut cx).is_ready());
     }
