@@ -470,6 +470,42 @@ impl idemp::store::StoreAdmin for SlowComplete {
 }
 
 #[tokio::test]
+async fn the_lease_is_renewed_while_the_response_streams() {
+    // The request's task polls the lease's heartbeat beside the stream: a response
+    // that streams for several leases keeps its record in progress under a lease that
+    // has not passed (without renewal it would pass, and a duplicate elsewhere could
+    // take the key over and run it again).
+    let h = Scripted::default();
+    let tx = h.stream(200, SSE);
+    let store = memory();
+    let layer = IdempotencyLayer::builder(store.clone())
+        .lease(Duration::from_millis(600))
+        .build();
+    let s = svc(&layer, &h);
+    let mut res = call(&s, post("/v1/messages", Some("k"), "{}")).await;
+    tx.send(data("event: start\n\n")).await.unwrap();
+    assert!(next_data(&mut res).await.unwrap().is_ok());
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let record = store.list(&ListQuery::default()).await.unwrap().records;
+    match record[0].state {
+        State::InProgress { lease_until } => assert!(
+            lease_until > now_ms,
+            "the lease passed while the response streamed: {lease_until} <= {now_ms}"
+        ),
+        ref other => panic!("expected in progress, got {other:?}"),
+    }
+    drop(tx);
+    assert!(next_data(&mut res).await.is_none());
+    let replay = send(&s, post("/v1/messages", Some("k"), "{}")).await;
+    assert!(replay.replayed());
+    assert_eq!(h.runs(), 1);
+}
+
+#[tokio::test]
 async fn a_duplicate_arriving_while_the_record_is_written_gets_the_replay() {
     // Regression: a duplicate that found the stream ending (its copy handed to the
     // store) was answered `response-not-stored`; it must wait for the record.

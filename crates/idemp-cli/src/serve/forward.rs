@@ -107,15 +107,28 @@ impl ForwardOptions {
     }
 }
 
-/// The forwarding service.
+/// The forwarding service. Cheap to clone (one reference count): the middleware
+/// and the server clone it for every request.
 #[derive(Clone)]
 pub struct Forward {
+    inner: Arc<ForwardInner>,
+}
+
+/// What a [`Forward`] shares between its clones.
+pub struct ForwardInner {
     client: Client<UpstreamConnector, UnsyncBoxBody<Bytes, BoxError>>,
     scheme: Scheme,
     authority: Authority,
     base_path: Arc<str>,
     timeout: Duration,
     idle_timeout: Duration,
+}
+
+impl std::ops::Deref for Forward {
+    type Target = ForwardInner;
+    fn deref(&self) -> &ForwardInner {
+        &self.inner
+    }
 }
 
 impl std::fmt::Debug for Forward {
@@ -157,12 +170,14 @@ impl Forward {
             .http2_max_header_list_size(MAX_RESPONSE_HEADER_LIST)
             .build(connector);
         Ok(Self {
-            client,
-            scheme,
-            authority,
-            base_path: upstream.path().trim_end_matches('/').into(),
-            timeout: options.timeout,
-            idle_timeout: options.idle_timeout,
+            inner: Arc::new(ForwardInner {
+                client,
+                scheme,
+                authority,
+                base_path: upstream.path().trim_end_matches('/').into(),
+                timeout: options.timeout,
+                idle_timeout: options.idle_timeout,
+            }),
         })
     }
 
@@ -511,8 +526,11 @@ impl UpstreamBodyError {
 /// An upstream response body under the exchange deadline and the idle limit.
 pub struct UpstreamBody {
     inner: Incoming,
-    deadline: Pin<Box<Sleep>>,
-    idle: Pin<Box<Sleep>>,
+    deadline_at: Instant,
+    /// The timers are made the first time the body waits for the upstream: a small
+    /// body that came with its head never needs one.
+    deadline: Option<Pin<Box<Sleep>>>,
+    idle: Option<Pin<Box<Sleep>>>,
     idle_armed: bool,
     timeout: Duration,
     idle_timeout: Duration,
@@ -539,8 +557,9 @@ impl UpstreamBody {
     ) -> Self {
         Self {
             inner,
-            deadline: Box::pin(tokio::time::sleep_until(deadline)),
-            idle: Box::pin(tokio::time::sleep(idle_timeout)),
+            deadline_at: deadline,
+            deadline: None,
+            idle: None,
             idle_armed: false,
             timeout,
             idle_timeout,
@@ -593,7 +612,11 @@ impl Body for UpstreamBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                if this.deadline.as_mut().poll(cx).is_ready() {
+                let at = this.deadline_at;
+                let deadline = this
+                    .deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+                if deadline.as_mut().poll(cx).is_ready() {
                     let msg = format!(
                         "the response body from the upstream {} did not end within {:?} (--upstream-timeout)",
                         this.upstream, this.timeout
@@ -602,12 +625,20 @@ impl Body for UpstreamBody {
                 }
                 // The idle clock runs while this body waits for the upstream, not while
                 // its reader is busy elsewhere.
-                if !this.idle_armed {
-                    this.idle_armed = true;
-                    let at = Instant::now() + this.idle_timeout;
-                    this.idle.as_mut().reset(at);
-                }
-                if this.idle.as_mut().poll(cx).is_ready() {
+                let idle_at = || Instant::now() + this.idle_timeout;
+                let idle = match &mut this.idle {
+                    Some(idle) => {
+                        if !this.idle_armed {
+                            idle.as_mut().reset(idle_at());
+                        }
+                        idle
+                    }
+                    None => this
+                        .idle
+                        .insert(Box::pin(tokio::time::sleep_until(idle_at()))),
+                };
+                this.idle_armed = true;
+                if idle.as_mut().poll(cx).is_ready() {
                     let msg = format!(
                         "the upstream {} sent no response data for {:?} (--upstream-idle-timeout)",
                         this.upstream, this.idle_timeout

@@ -38,7 +38,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, Sleep};
 
 use super::config::Limits;
@@ -131,8 +131,6 @@ struct ConnState {
     /// Whether the first bytes were seen.
     sniffed: AtomicBool,
     times: Mutex<Times>,
-    /// Wakes the watcher when a deadline may have moved.
-    changed: Notify,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -155,7 +153,6 @@ impl ConnState {
                 idle_since: now,
                 head_at: now,
             }),
-            changed: Notify::new(),
         }
     }
 
@@ -183,7 +180,6 @@ impl ConnState {
             && !self.head_begun.swap(true, Ordering::AcqRel)
         {
             self.set_times(|t| t.head_at = Instant::now());
-            self.changed.notify_one();
         }
     }
 
@@ -206,6 +202,26 @@ impl ConnState {
             Some((t.idle_since + limits.idle_timeout, "idle"))
         }
     }
+
+    /// When the watcher must look at the connection next, seen at `now`.
+    ///
+    /// Neither a request starting or ending nor a head beginning wakes the watcher
+    /// (that was two wake-ups and two timers per request): none of them can bring a
+    /// deadline closer than `now + header_timeout` or `now + idle_timeout` (a head
+    /// that begins later has its deadline later; a request that ends later starts
+    /// its idle time later). So the watcher sleeps until the current deadline, or
+    /// for the shorter of the two limits when that comes first, and then looks
+    /// again.
+    fn next_check(&self, limits: &Limits, now: Instant) -> Instant {
+        let horizon = now
+            + (limits.header_timeout)
+                .min(limits.idle_timeout)
+                .max(Duration::from_millis(1));
+        match self.deadline(limits) {
+            Some((at, _)) => at.min(horizon),
+            None => horizon,
+        }
+    }
 }
 
 /// One request in progress on a connection (dropped when its response ends).
@@ -216,7 +232,6 @@ impl Drop for Active {
         if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.head_begun.store(false, Ordering::Release);
             self.0.set_times(|t| t.idle_since = Instant::now());
-            self.0.changed.notify_one();
         }
     }
 }
@@ -414,6 +429,10 @@ async fn connection<H, F, B>(
     let conn = builder.serve_connection(io, svc);
     tokio::pin!(conn);
     let mut stopping = *stop.borrow();
+    // One timer watches the limits, re-armed only when it fires: requests starting
+    // and ending do not wake this task (see `ConnState::next_check`).
+    let watch = tokio::time::sleep_until(state.next_check(&limits, Instant::now()));
+    tokio::pin!(watch);
     loop {
         if stopping {
             if state.active.load(Ordering::Acquire) == 0 {
@@ -427,8 +446,6 @@ async fn connection<H, F, B>(
             }
             return;
         }
-        let deadline = state.deadline(&limits);
-        let changed = state.changed.notified();
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
@@ -436,25 +453,19 @@ async fn connection<H, F, B>(
                 }
                 return;
             }
-            _ = changed => {}
-            _ = sleep_until_opt(deadline.map(|d| d.0)) => {
+            () = watch.as_mut() => {
+                let now = Instant::now();
                 if let Some((at, why)) = state.deadline(&limits)
-                    && at <= Instant::now()
+                    && at <= now
                 {
                     let flag = if why == "header" { "--header-timeout" } else { "--idle-timeout" };
                     tracing::debug!(client = %peer, "closing the connection: {why} limit ({flag}) reached");
                     return;
                 }
+                watch.as_mut().reset(state.next_check(&limits, now));
             }
             _ = stop.changed() => stopping = true,
         }
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -643,6 +654,33 @@ mod tests {
         );
         drop(active);
         assert_eq!(s.deadline(&limits).unwrap().1, "idle");
+
+        // The watcher is not woken by any of this: from any state it looks again by
+        // the shorter limit from now, or at the deadline when that comes first.
+        let now = Instant::now();
+        let s = Arc::new(ConnState::new());
+        let idle_at = s.deadline(&limits).unwrap().0;
+        assert_eq!(s.next_check(&limits, now), now + limits.header_timeout);
+        s.on_read(b"POST / HT");
+        let head_at = s.deadline(&limits).unwrap().0;
+        assert_eq!(
+            s.next_check(&limits, now),
+            head_at.min(now + limits.header_timeout)
+        );
+        let active = s.enter();
+        assert_eq!(s.next_check(&limits, now), now + limits.header_timeout);
+        drop(active);
+        let short = Limits {
+            idle_timeout: Duration::from_secs(1),
+            ..limits
+        };
+        let idle_at_short = s.deadline(&short).unwrap().0;
+        assert!(idle_at_short < now + Duration::from_secs(2));
+        assert_eq!(
+            s.next_check(&short, now),
+            idle_at_short.min(now + short.idle_timeout)
+        );
+        assert!(idle_at > now);
 
         let h2 = ConnState::new();
         h2.on_read(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");

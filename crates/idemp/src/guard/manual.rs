@@ -307,6 +307,35 @@ impl Lease {
         }
     }
 
+    /// Wraps an acquired core whose heartbeat the caller drives: no task is spawned;
+    /// the caller polls [`heartbeat`](Self::heartbeat) next to its work until it
+    /// settles the lease (a spawned heartbeat cost a task, its scheduling and its
+    /// abort on every claim).
+    pub(crate) fn driven(mut core: LeaseCore) -> Self {
+        core.handle = Handle::try_current().ok();
+        Self {
+            core,
+            signal: LeaseSignal::new(),
+            heartbeat: None,
+        }
+    }
+
+    /// The heartbeat of a [`driven`](Self::driven) lease: renews it every `lease / 3`
+    /// and fires its [`signal`](Self::signal) when it is lost, as the spawned one
+    /// does. It never completes; drop it when the lease is settled. Nothing is
+    /// renewed until it has been polled for a third of the lease, and its first poll
+    /// arms one timer.
+    pub(crate) fn heartbeat(
+        &self,
+    ) -> impl std::future::Future<Output = std::convert::Infallible> + Send + 'static {
+        let store = self.core.inner.store.clone();
+        let id = self.core.id.clone();
+        let token = self.core.token;
+        let lease = self.core.inner.opts.lease;
+        let signal = self.signal.clone();
+        async move { heartbeat::run(&*store, &id, token, lease, &signal).await }
+    }
+
     /// The record this lease owns.
     pub fn id(&self) -> &RecordKey {
         &self.core.id

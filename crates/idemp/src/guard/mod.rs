@@ -410,6 +410,7 @@ impl Guard {
             self.inner.scope.clone(),
             key.as_ref().to_owned(),
             fingerprint,
+            false,
         )
         .await
     }
@@ -438,8 +439,21 @@ impl Guard {
         key: impl AsRef<str>,
         fingerprint: Option<Fingerprint>,
     ) -> Result<Begin, GuardError> {
-        self.begin_in(scope.into(), key.as_ref().to_owned(), fingerprint)
+        self.begin_in(scope.into(), key.as_ref().to_owned(), fingerprint, false)
             .await
+    }
+
+    /// [`begin_scoped`](Self::begin_scoped) for a caller that drives the heartbeat
+    /// itself: the owner's [`Lease`] spawns no task, and the caller polls
+    /// [`Lease::heartbeat`] next to its work until it settles the lease (the HTTP
+    /// layer does, in the task that runs the request).
+    pub(crate) async fn begin_driven(
+        &self,
+        scope: String,
+        key: String,
+        fingerprint: Option<Fingerprint>,
+    ) -> Result<Begin, GuardError> {
+        self.begin_in(scope, key, fingerprint, true).await
     }
 
     async fn begin_in(
@@ -447,9 +461,11 @@ impl Guard {
         scope: String,
         key: String,
         fingerprint: Option<Fingerprint>,
+        driven: bool,
     ) -> Result<Begin, GuardError> {
         let acquired = self.acquire(scope, key, fingerprint).await?;
         Ok(match acquired {
+            Acquired::Owner(core, _) if driven => Begin::Owner(Lease::driven(core)),
             Acquired::Owner(core, _) => Begin::Owner(Lease::start(core)),
             Acquired::Completed(outcome, info) => Begin::Completed(Replay {
                 outcome,

@@ -581,7 +581,9 @@ impl Task {
                 &self.policy.guard
             };
             let begun = {
-                let begin = guard.begin_scoped(self.id.scope.as_str(), &self.id.key, Some(self.fp));
+                // The lease's heartbeat is polled by this task (`execute`, `tee`).
+                let begin =
+                    guard.begin_driven(self.id.scope.clone(), self.id.key.clone(), Some(self.fp));
                 if watch_live {
                     tokio::select! {
                         biased;
@@ -871,9 +873,14 @@ impl Task {
         }
         let req = Request::from_parts(parts, Either::Left(Full::new(bytes)));
         let in_flight = self.shared.in_flight.clone();
+        // The lease is renewed while the handler runs and the response streams: its
+        // heartbeat is polled here, beside them, until the record is settled.
+        let heartbeat = lease.heartbeat();
+        let mut heartbeat = std::pin::pin!(heartbeat);
         let head = tokio::select! {
             biased;
             r = AssertUnwindSafe(inner.call(req)).catch_unwind() => r,
+            never = heartbeat.as_mut() => match never {},
             () = in_flight.abandoned() => {
                 self.settle_ambiguous(lease, "the server shut down while the handler ran").await;
                 let _ = reply.send(Ok(problem(
@@ -928,20 +935,23 @@ impl Task {
             let _ = reply.send(Ok(with_disposition(res, executed(false))));
             return;
         }
-        self.tee(lease, head, body, reply, executed(true)).await;
+        self.tee(lease, head, body, reply, executed(true), heartbeat)
+            .await;
     }
 
     /// Streams a response with a stored status to the client while recording it.
-    async fn tee<ResB, E>(
+    async fn tee<ResB, E, H>(
         self,
         lease: Lease,
         head: http::response::Parts,
         body: ResB,
         reply: Reply<ResB, E>,
         disposition: Disposition,
+        mut heartbeat: std::pin::Pin<&mut H>,
     ) where
         ResB: Body<Data = Bytes> + Send + 'static,
         ResB::Error: Into<BoxError>,
+        H: std::future::Future<Output = std::convert::Infallible>,
     {
         let config = self.config();
         let observer = config.observer.clone();
@@ -967,6 +977,7 @@ impl Task {
             let frame = tokio::select! {
                 biased;
                 f = body.frame() => f.map(|r| r.map_err(|e| -> String { let e: BoxError = e.into(); e.to_string() })),
+                never = heartbeat.as_mut() => match never {},
                 () = in_flight.abandoned() => break Some(Truncated::Shutdown.to_string()),
             };
             match frame {
@@ -980,6 +991,7 @@ impl Task {
                         let sent = tokio::select! {
                             biased;
                             r = tx.send(Ok(frame)) => r.is_ok(),
+                            never = heartbeat.as_mut() => match never {},
                             () = in_flight.abandoned() => break Some(Truncated::Shutdown.to_string()),
                         };
                         if !sent {

@@ -33,11 +33,30 @@ pub(crate) const WINDOW: usize = 1 << 20;
 /// The largest frame a joiner reads from the copy at once.
 const JOIN_READ: usize = 64 << 10;
 
+/// How many wake-up lists a [`Registry`] spreads its waiters over.
+const WAKE_LISTS: usize = 64;
+
 /// The live streams of one layer.
-#[derive(Debug, Default)]
+///
+/// A claim that waits for a key also watches for that key's response to start
+/// streaming here ([`appeared`](Self::appeared)). Waiters are spread over
+/// [`WAKE_LISTS`] lists by the hash of their key, and a stream that starts wakes
+/// only its key's list: with one list, every response that started woke every
+/// claim in flight (on a network store, every concurrent request), each of which
+/// then looked its key up again for nothing.
+#[derive(Debug)]
 pub(crate) struct Registry {
     map: Mutex<HashMap<RecordKey, Arc<Live>>>,
-    appeared: Notify,
+    appeared: Box<[Notify]>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self {
+            map: Mutex::default(),
+            appeared: (0..WAKE_LISTS).map(|_| Notify::new()).collect(),
+        }
+    }
 }
 
 impl Registry {
@@ -45,9 +64,18 @@ impl Registry {
         self.map.lock().get(id).cloned()
     }
 
+    /// The wake-up list of `id`'s waiters.
+    fn wake_list(&self, id: &RecordKey) -> &Notify {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        let hash =
+            BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(id);
+        &self.appeared[(hash % self.appeared.len() as u64) as usize]
+    }
+
     pub(crate) fn insert(&self, id: RecordKey, live: Arc<Live>) {
+        let list = self.wake_list(&id);
         self.map.lock().insert(id, live);
-        self.appeared.notify_waiters();
+        list.notify_waiters();
     }
 
     /// Removes `id` if it is still `live`.
@@ -60,8 +88,9 @@ impl Registry {
 
     /// Resolves when a live stream for `id` exists that is still open.
     pub(crate) async fn appeared(&self, id: &RecordKey) -> Arc<Live> {
+        let list = self.wake_list(id);
         loop {
-            let notified = self.appeared.notified();
+            let notified = list.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             if let Some(live) = self.get(id)
@@ -375,6 +404,42 @@ mod tests {
             cap,
             None,
         ))
+    }
+
+    #[test]
+    fn a_stream_starting_wakes_only_the_waiters_of_its_key() {
+        use std::future::Future;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::task::{Context, Wake, Waker};
+
+        struct Wakes(AtomicUsize);
+        impl Wake for Wakes {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let reg = Registry::default();
+        let a = RecordKey::new("s", "a");
+        // A key whose waiters are on another list than `a`'s.
+        let b = (0..)
+            .map(|i| RecordKey::new("s", format!("b{i}")))
+            .find(|b| !std::ptr::eq(reg.wake_list(b), reg.wake_list(&a)))
+            .unwrap();
+        let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut waiting = Box::pin(reg.appeared(&a));
+        assert!(waiting.as_mut().poll(&mut cx).is_pending());
+
+        reg.insert(b, live(64));
+        assert_eq!(
+            wakes.0.load(Ordering::SeqCst),
+            0,
+            "another key's stream does not wake this waiter"
+        );
+        reg.insert(a.clone(), live(64));
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+        assert!(waiting.as_mut().poll(&mut cx).is_ready());
     }
 
     async fn drain(mut s: FrameStream) -> (Vec<u8>, Option<String>) {
