@@ -110,10 +110,15 @@ async fn storm_each_effect_once_every_caller_same_value() {
             "key {k}: different values {vs:?}"
         );
     }
-    // Every claim and every completion went through a writer's transactions.
+    // Every acquisition and every completion went through a writer's transactions;
+    // a claim that found its key already completed (a replay) was answered by a
+    // reader, without the writer.
     let gc: Vec<_> = stores.iter().map(|s| s.group_commit_stats()).collect();
     let ops: u64 = gc.iter().map(|g| g.operations).sum();
-    assert_eq!(ops, (KEYS * CONTENDERS + KEYS) as u64);
+    assert!(
+        ((2 * KEYS) as u64..=(KEYS * CONTENDERS + KEYS) as u64).contains(&ops),
+        "{ops} operations reached the writers"
+    );
     assert!(
         gc.iter()
             .all(|g| g.commits <= g.operations && g.commits > 0)

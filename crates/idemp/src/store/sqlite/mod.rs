@@ -11,6 +11,11 @@
 //!   operation, applies them in order in ONE transaction (so the result equals running
 //!   them one by one) and commits once: one fsync for many operations. Reads (`get`,
 //!   `list`, `stats`, `wait`) use a small pool of WAL reader connections.
+//! * **Replays without the writer.** A `claim` that finds a live settled record (the
+//!   retry of a completed request) is answered by one read on a reader connection, on
+//!   the caller's thread: a settled record never goes back to in progress, so the
+//!   snapshot's answer is the claim's answer. Every other claim (a new key, a record in
+//!   progress, an expired one) is decided by the writer, atomically, as before.
 //! * **Several processes.** Each process has its own writer thread; SQLite's file lock
 //!   serialises them (`BEGIN IMMEDIATE`, a busy timeout, then retries). Leases and
 //!   ttls are read from the [clock](SqliteStoreBuilder::clock), so processes sharing a
@@ -233,7 +238,8 @@ impl SqliteStoreBuilder {
         self.opts.sweep_interval = every;
         self
     }
-    /// Idle reader connections kept for `get`/`list`/`stats` (default 4).
+    /// Idle reader connections kept for `get`/`list`/`stats`, and as many for the
+    /// replay path of `claim` (default 4 each).
     pub fn read_connections(mut self, n: usize) -> Self {
         self.opts.read_connections = n;
         self
@@ -267,6 +273,9 @@ struct Inner {
     jobs: Option<mpsc::Sender<Job>>,
     writer: Option<JoinHandle<()>>,
     readers: Mutex<Vec<Connection>>,
+    /// Reader connections of `claim`'s replay path, used on the caller's thread (see
+    /// [`Inner::claim_settled`]).
+    replay_readers: Mutex<Vec<Connection>>,
     waiters: Arc<Waiters>,
     counters: Arc<Counters>,
 }
@@ -356,6 +365,7 @@ impl SqliteStore {
             jobs: Some(tx),
             writer: Some(handle),
             readers: Mutex::new(Vec::new()),
+            replay_readers: Mutex::new(Vec::new()),
             waiters,
             counters,
         });
@@ -505,6 +515,37 @@ impl SqliteStore {
 }
 
 impl Inner {
+    /// `claim`'s answer when the record is live and settled (a replay), read on the
+    /// caller's thread from a reader connection: no write transaction, no fsync, no
+    /// trip through the writer thread (see [`ops::claim_settled`] for why the answer
+    /// is the one the writer would give).
+    ///
+    /// It never waits: the connections have no busy timeout, so a read that would
+    /// block (a WAL being recovered by another process) fails at once. `None` in that
+    /// case, on any error, and whenever the record is not settled: the claim then goes
+    /// to the writer, which decides as before.
+    fn claim_settled(&self, claim: &Claim) -> Option<ClaimOutcome> {
+        let pooled = self.replay_readers.lock().pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => self.replay_reader().ok()?,
+        };
+        let found = ops::claim_settled(&conn, claim, self.opts.clock.now_ms());
+        let mut pool = self.replay_readers.lock();
+        if pool.len() < self.opts.read_connections {
+            pool.push(conn);
+        }
+        drop(pool);
+        found.ok().flatten()
+    }
+
+    fn replay_reader(&self) -> StoreResult<Connection> {
+        let c = schema::connect(&self.path, &self.opts, false)?;
+        c.busy_timeout(Duration::ZERO).map_err(map_err)?;
+        c.pragma_update(None, "query_only", "ON").map_err(map_err)?;
+        Ok(c)
+    }
+
     fn read_blocking<T>(
         &self,
         f: impl Fn(&Connection, Millis) -> ops::OpResult<T>,
@@ -576,6 +617,10 @@ impl Store for SqliteStore {
     async fn claim(&self, claim: &Claim) -> StoreResult<ClaimOutcome> {
         // Refused before the writer sees it (the writer checks again for `*_in_tx`).
         ops::validate(&claim.id)?;
+        // A replay (a live settled record) is answered without the writer.
+        if let Some(found) = self.inner.claim_settled(claim) {
+            return Ok(found);
+        }
         match self.submit(Op::Claim(claim.clone())).await? {
             Reply::Claim(c) => Ok(c),
             other => Err(unexpected(other)),

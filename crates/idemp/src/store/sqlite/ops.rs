@@ -328,6 +328,41 @@ pub(crate) fn claim(
     }
 }
 
+/// The answer of [`claim`] when `c.id` has a live settled record, read without the
+/// write lock; `None` when [`claim`] must decide in the writer (no live record, a record
+/// in progress, or one that does not decode).
+///
+/// A settled record never changes back: it only stops being live (expires, is purged
+/// or swept). So a claim that finds it settled in a consistent snapshot (one read
+/// statement) gets the answer the writer would have given at that instant, and
+/// linearises there: `Mismatch` when both fingerprints are present and differ,
+/// `Existing` otherwise. Replays need no write transaction, no fsync and no trip
+/// through the writer thread.
+pub(crate) fn claim_settled(
+    conn: &Connection,
+    c: &Claim,
+    now: Millis,
+) -> rusqlite::Result<Option<ClaimOutcome>> {
+    if validate(&c.id).is_err() {
+        return Ok(None);
+    }
+    let Some(raw) = select_row(conn, &c.id)? else {
+        return Ok(None);
+    };
+    if !raw.is_live(now) || raw.state == IN_PROGRESS {
+        return Ok(None);
+    }
+    let Ok(rec) = raw.into_record() else {
+        return Ok(None);
+    };
+    if let (Some(stored), Some(given)) = (&rec.fingerprint, &c.fingerprint)
+        && stored != given
+    {
+        return Ok(Some(ClaimOutcome::Mismatch(rec)));
+    }
+    Ok(Some(ClaimOutcome::Existing(rec)))
+}
+
 /// The `Fenced` error for `token` on `id`, naming the current live token if any.
 fn fenced(conn: &Connection, id: &RecordKey, token: Token, now: Millis) -> OpResult<()> {
     let current = select_row(conn, id)?
