@@ -9,7 +9,8 @@ use idemp::clock::{ManualClock, SharedClock};
 use idemp::store::sqlite::rusqlite::TransactionBehavior;
 use idemp::store::sqlite::{GroupCommitStats, SqliteStore};
 use idemp::store::{
-    Claim, ClaimOutcome, Codec, Fingerprint, Outcome, RecordKey, State, Store, StoreError,
+    Claim, ClaimOutcome, Codec, Fingerprint, Outcome, RecordKey, State, Store, StoreAdmin,
+    StoreError,
 };
 
 const START: u64 = 1_700_000_000_000;
