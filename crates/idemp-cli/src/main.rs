@@ -16,12 +16,6 @@ mod records;
 
 use idemp_cli::serve;
 
-/// mimalloc instead of the system allocator: `idemp serve` allocates and frees small
-/// objects (headers, buffers, futures) on every request from every worker thread,
-/// where glibc's allocator costs noticeably more CPU per request.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Make retries safe: idempotency keys, canonical hashes, and an idempotency proxy.
 #[derive(Debug, Parser)]
 #[command(name = "idemp", version, about, propagate_version = true)]

@@ -304,3 +304,31 @@ async fn a_version_1_file_is_migrated_and_its_records_kept() {
         .unwrap();
     assert_eq!(store.get(&live).await.unwrap().unwrap().token, 7);
 }
+
+/// Several openers of one new file at once (threads here, processes in production:
+/// each gets its own connections) all open it: the ones that find another switching
+/// the file to WAL or creating the schema wait instead of failing with "database is
+/// locked" (which SQLite reports for those steps without calling the busy handler).
+#[test]
+fn openers_racing_on_a_new_file_all_open_it() {
+    for round in 0..30 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("race.db");
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let openers: Vec<_> = (0..8)
+            .map(|_| {
+                let path = path.clone();
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    SqliteStore::open(&path).map(drop)
+                })
+            })
+            .collect();
+        for (i, opener) in openers.into_iter().enumerate() {
+            if let Err(e) = opener.join().unwrap() {
+                panic!("round {round}: opener {i} failed: {e}");
+            }
+        }
+    }
+}

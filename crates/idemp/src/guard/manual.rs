@@ -325,6 +325,7 @@ impl Lease {
     /// does. It never completes; drop it when the lease is settled. Nothing is
     /// renewed until it has been polled for a third of the lease, and its first poll
     /// arms one timer.
+    #[cfg(feature = "http")]
     pub(crate) fn heartbeat(
         &self,
     ) -> impl std::future::Future<Output = std::convert::Infallible> + Send + 'static {

@@ -447,6 +447,7 @@ impl Guard {
     /// itself: the owner's [`Lease`] spawns no task, and the caller polls
     /// [`Lease::heartbeat`] next to its work until it settles the lease (the HTTP
     /// layer does, in the task that runs the request).
+    #[cfg(feature = "http")]
     pub(crate) async fn begin_driven(
         &self,
         scope: String,

@@ -346,8 +346,7 @@ impl SqliteStore {
                 format!("no such store: {} does not exist", path.display()).into(),
             ));
         }
-        let mut conn = schema::connect(&path, &opts, opts.create_if_missing)?;
-        schema::prepare(&mut conn, &path, &opts)?;
+        let conn = schema::open(&path, &opts)?;
         let canonical = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
 
         let (tx, rx) = mpsc::channel();

@@ -7,6 +7,7 @@
 //! `adopt_existing`) an application database that idemp's tables may join.
 
 use std::path::Path;
+use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 
@@ -27,6 +28,42 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Scripts that move a schema from version `i` to `i + 1` (index 0 creates version 1).
 const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql"), include_str!("schema_v2.sql")];
+
+/// Connects to `path` and [`prepare`]s it, retrying for up to the busy timeout while
+/// another process holds a lock that SQLite reports at once instead of waiting for it
+/// with the busy handler (a process switching a new file to WAL, or recovering the
+/// WAL index, as happens when several processes open one new file together).
+pub(crate) fn open(path: &Path, opts: &SqliteOptions) -> StoreResult<Connection> {
+    let deadline = std::time::Instant::now().checked_add(opts.busy_timeout);
+    let mut pause = Duration::from_millis(2);
+    loop {
+        let attempt = connect(path, opts, opts.create_if_missing).and_then(|mut conn| {
+            prepare(&mut conn, path, opts)?;
+            Ok(conn)
+        });
+        match attempt {
+            Err(e)
+                if is_busy(&e)
+                    && deadline.is_none_or(|d| std::time::Instant::now() + pause < d) =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Whether `e` is SQLite's "database is busy/locked".
+fn is_busy(e: &StoreError) -> bool {
+    let StoreError::Unavailable(cause) = e else {
+        return false;
+    };
+    std::error::Error::source(cause)
+        .and_then(|s| s.downcast_ref::<rusqlite::Error>())
+        .and_then(rusqlite::Error::sqlite_error_code)
+        .is_some_and(|c| matches!(c, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked))
+}
 
 /// Opens a connection to `path` with the options, without touching the file's content.
 pub(crate) fn connect(path: &Path, opts: &SqliteOptions, create: bool) -> StoreResult<Connection> {
